@@ -1,0 +1,1 @@
+"""Datasets: specs registry, raw-layout readers, tiling, synthetic scenes, torch datasets."""

@@ -1,0 +1,45 @@
+"""Safe output writing: temporary name, then rename; never clobber without ``--overwrite``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from ctfa_cli.errors import CtfaError
+
+
+def check_writable(path: Path, overwrite: bool, *, inputs: tuple[Path, ...] = ()) -> None:
+    """Refuse to write ``path`` when it exists (unless ``overwrite``) or when it is an input.
+
+    Raises:
+        CtfaError: ``path`` exists and ``overwrite`` is False, or ``path`` is one of ``inputs``.
+    """
+    path = Path(path)
+    for source in inputs:
+        if Path(source).resolve() == path.resolve():
+            raise CtfaError(f"{path}: refusing to write onto an input file; choose another output")
+    if path.exists() and not overwrite:
+        raise CtfaError(f"{path} already exists; pass --overwrite to replace it")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary name keeps the suffix (GDAL and torch pick drivers from it) and starts with
+    ``.tmp-`` so that an interrupted run never leaves a file that looks finished.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
