@@ -20,6 +20,10 @@ ISAID_CLASSES = [
     "helicopter", "swimming_pool", "roundabout", "soccer_ball_field", "plane", "harbor",
 ]
 # iSAID devkit colours of ``*_instance_color_RGB.png`` (RGB order).
+# Authoritative source: CAPTAIN-WHU/iSAID_Devkit, preprocess/cityscapesScripts/cityscapesscripts/
+# helpers/labels.py, the table the masks were rendered with (its packed ``m_color`` values,
+# R + 256·G + 65536·B of pixels read in RGB order, confirm the order). Variants elsewhere swap
+# class pairs or list BGR; ``ctfa prepare isaid --palette FILE`` overrides the map.
 ISAID_PALETTE = [
     (0, 0, 0), (0, 0, 63), (0, 63, 63), (0, 63, 0), (0, 63, 127), (0, 63, 191), (0, 63, 255),
     (0, 127, 63), (0, 127, 127), (0, 0, 127), (0, 0, 191), (0, 0, 255), (0, 191, 127),

@@ -24,6 +24,9 @@ class SceneRecord:
         bands: 1-based band indices of ``image`` to read, in model order. None: all bands.
         extra_bands: single-band rasters of the same grid appended as channels (e.g. a DSM).
         tags: scene-level image labels (class indices) used when there is no mask.
+        color_threshold: for ``color`` masks that are not pure (JPEG-like noise, as DeepGlobe's),
+            each channel becomes 255 where it is at least this value and 0 elsewhere before the
+            colours are matched. None: colours must match exactly.
     """
 
     scene_id: str
@@ -35,3 +38,4 @@ class SceneRecord:
     bands: tuple[int, ...] | None = None
     extra_bands: tuple[Path, ...] = field(default_factory=tuple)
     tags: tuple[int, ...] | None = None
+    color_threshold: int | None = None
