@@ -39,6 +39,10 @@ BatchSizeOpt = Annotated[
 TtaOpt = Annotated[
     bool, typer.Option("--tta", help="Test-time augmentation: multi-scale and flip.")
 ]
+DataOutOpt = Annotated[
+    Path, typer.Option("--out", "-o", help="DATA_DIR to write (created; a finished one is "
+                       "reused, anything else is refused unless --overwrite).")
+]
 BandsOpt = Annotated[
     str | None,
     typer.Option("--bands", help="Bands: a preset name or 1-based indices such as 4,1,2."),
