@@ -1,0 +1,159 @@
+"""Pseudo-label refinement with PAR (reference ``refine_cams_with_bkg_v2``; FORMAT.md section 5).
+
+The CAMs are refined by pixel-adaptive refinement (:func:`kernels.par.par`) at reduced
+resolution, once against a high and once against a low constant background score; the two
+arg-max maps are combined so that a pixel is background only when both agree, foreground where
+the high map says so, and ignored in between.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ctfa_cli.objectives.cam import box_mask
+
+__all__ = ["denormalize", "refine_pseudo_label"]
+
+
+def denormalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Undo the normalisation the way the training script does, for PAR's image input.
+
+    ``u8 = trunc(x·std·255 + mean·255)``, returned as ``u8 / 255``: the reference converts to
+    uint8, which **truncates**, so a round trip of ``k/255`` can give ``(k-1)/255``; that quirk
+    is kept so that pseudo labels match the reference. Values are clamped to ``[0, 255]`` before
+    truncation (the reference's uint8 cast would wrap out-of-range values; augmented images
+    stay in range, so this only removes undefined behaviour).
+
+    Args:
+        x: normalised images ``[B, C, H, W]``.
+        mean: per-channel mean of ``pixel/255`` (``DatasetSpec.mean``).
+        std: per-channel standard deviation of ``pixel/255`` (``DatasetSpec.std``).
+
+    Returns:
+        float32 ``[B, C, H, W]`` in ``[0, 1]``.
+
+    Raises:
+        ValueError: ``mean``/``std`` lengths differ from the channel count.
+    """
+    channels = x.shape[1]
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"mean/std have {len(mean)}/{len(std)} values for {channels} channels")
+    shape = (1, channels, 1, 1)
+    scale = torch.tensor([s * 255 for s in std], dtype=x.dtype, device=x.device).view(shape)
+    shift = torch.tensor([m * 255 for m in mean], dtype=x.dtype, device=x.device).view(shape)
+    pixels = (x * scale + shift).clamp(0, 255).floor()
+    return pixels.to(torch.float32) / 255.0
+
+
+def refine_pseudo_label(
+    images_denorm: Tensor,
+    cams: Tensor,
+    cls_labels: Tensor,
+    *,
+    high_thre: float,
+    low_thre: float,
+    ignore_index: int = 255,
+    img_box: Tensor | None = None,
+    down_scale: int = 2,
+    dilations: Sequence[int] = (1, 2, 4, 8, 12, 24),
+    num_iter: int = 10,
+    has_background: bool = True,
+) -> Tensor:
+    """Refine CAMs into a pseudo label with PAR (reference ``refine_cams_with_bkg_v2``).
+
+    With a background (FORMAT.md section 5): images are resized to ``(H//d, W//d)``
+    (bilinear, ``align_corners=False``); for ``thr`` in (high, low), a constant plane ``thr``
+    is prepended to the CAMs and the stack resized likewise; a softmax runs over the
+    background plane and the present classes only; PAR refines it on the resized images; the
+    result is resized back to ``(H, W)`` and its arg-max gives labels (0 background, ``k+1``
+    class channel ``k``). Inside each box: ``out = L_high``, ``ignore_index`` where
+    ``L_high == 0``, and 0 where both maps are 0. Outside the box: ``ignore_index``.
+
+    The reference loops over images; here each image's present channels are gathered first
+    (in the reference's order) and padded to the batch's largest count with ``-inf`` logits
+    (softmax weight exactly 0, never the arg-max), so the whole batch and both thresholds go
+    through one PAR call (PAR propagates every channel with the same per-image affinities) and
+    absent classes cost nothing. PAR's output is compared by arg-max, where the reference came
+    as close as 5e-7 to a tie, so a different float summation order may flip a few pixels.
+
+    Without a background (``has_background=False``, DeepGlobe), there is no background plane
+    and the thresholds play no part: the softmax runs over the present classes, PAR refines
+    it, and the label is the arg-max class (no shift) inside the box. An image with no present
+    class is all ``ignore_index``.
+
+    Args:
+        images_denorm: ``[B, 3, H, W]`` RGB in ``[0, 1]`` (see :func:`denormalize`).
+        cams: ``[B, Cc, H, W]`` CAMs (the masked ``valid_cam`` in training).
+        cls_labels: ``[B, Cc]`` multi-hot image labels.
+        high_thre: high background score.
+        low_thre: low background score.
+        ignore_index: label of ignored pixels.
+        img_box: integer ``[B, 4]`` boxes ``[h0, h1, w0, w1]``; None means the whole image.
+        down_scale: PAR runs at ``(H // down_scale, W // down_scale)``.
+        dilations: PAR dilations.
+        num_iter: PAR iterations.
+        has_background: the dataset's background policy.
+
+    Returns:
+        float32 ``[B, H, W]`` labels (0, classes, ``ignore_index``), without gradient.
+
+    Raises:
+        ValueError: shapes disagree.
+    """
+    from kernels.par import par
+
+    b, _, h, w = images_denorm.shape
+    if cams.shape[0] != b or cams.shape[2:] != (h, w):
+        raise ValueError(f"cams {tuple(cams.shape)} do not match images {(b, h, w)}")
+    if cls_labels.shape != cams.shape[:2]:
+        raise ValueError(f"cls_labels {tuple(cls_labels.shape)} do not match cams")
+    small = (h // down_scale, w // down_scale)
+    present = cls_labels != 0
+    with torch.no_grad():
+        small_images = F.interpolate(images_denorm, size=small, mode="bilinear",
+                                     align_corners=False)
+        if has_background:
+            stacks = [torch.cat([torch.full_like(cams[:, :1], thr), cams], dim=1)
+                      for thr in (high_thre, low_thre)]
+            present = torch.cat([present.new_ones(b, 1), present], dim=1)
+        else:
+            stacks = [cams]
+        # Per image, the present channels first in ascending order (the reference's
+        # valid_key), padded to the batch's largest count with absent channels.
+        num_keys = max(int(present.sum(dim=1).max()), 1)
+        keys = torch.sort((~present).to(torch.uint8), dim=1, stable=True).indices[:, :num_keys]
+        absent = ~present.gather(1, keys)[:, None, :, None, None]  # [B, 1, keys, 1, 1]
+        groups = len(stacks)
+        # [B, G, keys, H, W]: G maps (high, low) of the selected channels.
+        selected = torch.stack(stacks, dim=1).gather(
+            2, keys[:, None, :, None, None].expand(b, groups, num_keys, h, w)
+        )
+        logits = F.interpolate(selected.reshape(b, groups * num_keys, h, w), size=small,
+                               mode="bilinear", align_corners=False)
+        logits = logits.reshape(b, groups, num_keys, *small).masked_fill(absent, float("-inf"))
+        # Softmax over the present channels (padding gets weight 0; an image without any
+        # present channel gives NaN, zeroed here and ignored below).
+        probs = logits.softmax(dim=2).masked_fill(absent, 0)
+        refined = par(small_images, probs.reshape(b, groups * num_keys, *small), dilations,
+                      num_iter)
+        refined = F.interpolate(refined, size=(h, w), mode="bilinear", align_corners=False)
+        refined = refined.reshape(b, groups, num_keys, h, w).masked_fill(absent, float("-inf"))
+        best = refined.argmax(dim=2)  # [B, G, H, W], first index wins a tie
+        labels = keys[torch.arange(b, device=keys.device)[:, None, None, None], best]
+        labels = labels.to(torch.float32)  # a key (channel index) is the label value
+
+        keep = torch.ones(b, h, w, dtype=torch.bool, device=cams.device)
+        if img_box is not None:
+            keep = box_mask(img_box, h, w, device=cams.device)
+        if not has_background:
+            keep = keep & present.any(dim=1)[:, None, None]
+        labels = labels.masked_fill(~keep[:, None], ignore_index)
+        if not has_background:
+            return labels[:, 0]
+        high, low = labels[:, 0], labels[:, 1]
+        out = high.masked_fill(high == 0, ignore_index)
+        return out.masked_fill((high + low) == 0, 0)
