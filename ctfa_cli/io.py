@@ -43,3 +43,34 @@ def atomic_path(path: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def claim_folder(path: Path, overwrite: bool, *, owned: tuple[str, ...],
+                 inputs: tuple[Path, ...] = ()) -> None:
+    """Make ``path`` an output folder: created when missing, used as is when empty.
+
+    A folder that holds anything is refused unless ``overwrite``; then only the ``owned``
+    entries (names of the files and folders this output writes) are removed, never other files.
+
+    Raises:
+        CtfaError: ``path`` is a file, is one of ``inputs``, has an ``owned`` entry that holds
+            one of ``inputs``, or is not empty and ``overwrite`` is False.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CtfaError(f"{path} is a file; the output must be a folder")
+    entries = [(path / name).resolve() for name in owned]
+    for source in (Path(p).resolve() for p in inputs):
+        if source == path.resolve() or any(e == source or e in source.parents for e in entries):
+            raise CtfaError(f"{path}: refusing to write over the input {source}; choose another "
+                            "output folder")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise CtfaError(f"{path} is not empty; pass --overwrite to replace its outputs, or "
+                            "choose another folder")
+        for entry in entries:
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            elif entry.exists():
+                entry.unlink()
+    path.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,525 @@
+"""Evaluating a CTFA model on a split of DATA_DIR: the one place where chips meet the model.
+
+* :func:`predict_chips` runs the model over the chips of a split and yields one
+  :class:`ChipPrediction` per chip. ``ctfa evaluate``, ``ctfa pseudolabel``, the overlays and
+  the validation of the training loop all go through it, so there is one inference path.
+* :func:`evaluate_split` accumulates one :class:`~ctfa_cli.evaluation.metrics.ConfusionMatrix`
+  per target over the whole split (summed over ranks under ``torchrun``).
+* :func:`evaluate_checkpoint` is ``ctfa evaluate``: a bundle and a DATA_DIR in, metrics, a
+  confusion-matrix PNG and overlay PNGs out.
+
+Targets (what is compared with the ground-truth masks):
+
+* ``seg``: arg-max of the segmentation branch (``--tta``: softmax averaged over scales
+  0.75, 1.0, 1.25 and their horizontal flips, exactly as ``ctfa predict --tta``).
+* ``cam`` / ``aux_cam``: multi-scale + flip CAMs (``cfg.cam_scales``) of the final / auxiliary
+  classifier turned into labels with ``cfg.bkg_thre``. As in the official CAM evaluation, the
+  CAMs are restricted to the chip's **ground-truth image-level labels**, so these numbers
+  measure localisation given the tags, not classification.
+* ``pseudo``: the refined pseudo label of training (CAM of the final classifier restricted to
+  the image-level labels → high/low background thresholds → PAR at half resolution), on the
+  whole chip. Pixels it leaves undecided (``ignore_index``) count as misses of their true class
+  and their number is reported as ``ignored_predictions``.
+
+Chips are evaluated at their own size (``input_size=None``), as the official test scripts do;
+the training loop passes ``input_size=cfg.crop_size`` because the official validation resizes
+every image to the training crop size and the predictions back to the mask size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+from ctfa_cli.config import DatasetSpec, TrainConfig
+from ctfa_cli.datasets.datadir import DataDir, write_json
+from ctfa_cli.errors import CtfaError, CtfaUsageError
+from ctfa_cli.evaluation import report
+from ctfa_cli.evaluation.metrics import ConfusionMatrix
+from ctfa_cli.inference.predict import BundlePredictor, resolve_device
+from ctfa_cli.io import claim_folder
+from ctfa_cli.model.bundle import Bundle, load_bundle
+from ctfa_cli.objectives.cam import cam_to_label, multi_scale_cams
+from ctfa_cli.objectives.refine import denormalize, refine_pseudo_label
+from ctfa_cli.training.data import normalize
+
+log = logging.getLogger("ctfa.evaluation.evaluate")
+
+TARGETS = ("seg", "cam", "aux_cam", "pseudo")
+CAM_TARGETS = ("cam", "aux_cam", "pseudo")
+# PAR sees colour: the first three bands (the RGB or false-colour composite), as in training.
+COLOUR_BANDS = 3
+# The folder ``ctfa evaluate`` writes; overlays show chips spread evenly over the split.
+METRICS_JSON = "metrics.json"
+CONFUSION_PNG = "confusion.png"
+OVERLAYS_DIR = "overlays"
+NUM_OVERLAYS = 6
+
+
+@dataclass
+class ChipPrediction:
+    """The model's outputs on one chip, with the chip itself.
+
+    Attributes:
+        row: the chip's row of ``chips.gpkg`` without geometry (chip_id, scene_id, split,
+            image, mask … as plain Python values).
+        image: uint8 ``[bands, H, W]`` as stored in DATA_DIR.
+        mask: uint8 ``[H, W]`` ground truth (``ignore_index`` ignored), or None without mask.
+        labels: float32 ``[num_cam_classes]`` multi-hot image-level labels of the chip.
+        predictions: target name → uint8 ``[H, W]`` class indices (``ignore_index`` where a
+            CAM target or the pseudo label leaves a pixel undecided).
+        cams: ``"cam"`` / ``"aux_cam"`` → float32 ``[num_cam_classes, H, W]`` in ``[0, 1)``,
+            multiplied by ``labels`` (absent classes are 0); filled only with ``keep_cams``.
+    """
+
+    row: dict[str, Any]
+    image: np.ndarray
+    mask: np.ndarray | None
+    labels: np.ndarray
+    predictions: dict[str, np.ndarray] = field(default_factory=dict)
+    cams: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def chip_id(self) -> str:
+        """The chip's name (``<scene_id>_r<row>_c<col>``)."""
+        return str(self.row["chip_id"])
+
+
+def check_targets(targets: Sequence[str]) -> tuple[str, ...]:
+    """Validate target names and drop repeats (order kept).
+
+    Raises:
+        CtfaUsageError: no target, or an unknown one.
+    """
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown or not targets:
+        raise CtfaUsageError(f"unknown target {(unknown or [''])[0]!r}; choose one of "
+                             f"{', '.join(TARGETS)}")
+    return tuple(dict.fromkeys(targets))
+
+
+def check_model_fits(spec: DatasetSpec, data: DataDir, model_path: Path | None = None) -> None:
+    """Refuse a model whose classes or bands cannot be scored on ``data``.
+
+    A different class count or band count is an error; the same counts under other class or
+    band names are most likely another dataset, which is logged as a warning.
+
+    Args:
+        spec: the dataset spec the model was trained on (from its bundle).
+        data: the DATA_DIR to run it on.
+        model_path: the checkpoint file, named in the message when given.
+
+    Raises:
+        CtfaError: class count or band count differ; the message names both counts.
+    """
+    what = f"{model_path}: checkpoint" if model_path is not None else "the model"
+    if spec.num_classes != data.spec.num_classes:
+        raise CtfaError(f"{what} has {spec.num_classes} classes ({spec.name}) but DATA_DIR "
+                        f"{data.root} has {data.spec.num_classes} ({data.spec.name}); use a "
+                        "checkpoint trained on this dataset")
+    if spec.in_chans != data.spec.in_chans:
+        raise CtfaError(f"{what} reads {spec.in_chans} bands {spec.bands} but DATA_DIR "
+                        f"{data.root} has {data.spec.in_chans} {data.spec.bands}; use a "
+                        "checkpoint trained on this dataset")
+    if spec.classes != data.spec.classes or spec.bands != data.spec.bands:
+        log.warning("the model was trained on classes %s / bands %s, DATA_DIR %s has %s / %s; "
+                    "scoring class i against class i", spec.classes, spec.bands, data.root,
+                    data.spec.classes, data.spec.bands)
+
+
+def predict_chips(
+    model: torch.nn.Module,
+    spec: DatasetSpec,
+    cfg: TrainConfig,
+    data: DataDir,
+    split: str,
+    *,
+    targets: Sequence[str] = ("seg",),
+    tta: bool = False,
+    device: torch.device | str = "cpu",
+    batch_size: int = 8,
+    input_size: int | None = None,
+    keep_cams: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = False,
+) -> Iterator[ChipPrediction]:
+    """Run the model over the chips of a split, one :class:`ChipPrediction` per chip.
+
+    Chips of the same size are batched together (up to ``batch_size``), in index order. The
+    model is put in eval mode and moved to ``device`` while the generator runs; its former
+    mode is restored when the generator finishes or is closed.
+
+    Args:
+        model: a :class:`~ctfa_cli.model.network.CTFANetwork`.
+        spec: the spec the model was trained on (normalisation, classes, background policy).
+        cfg: its training config (``cam_scales``, ``bkg_thre``, ``high_thre``, ``low_thre``,
+            ``par_dilations``, ``par_iters``).
+        data: the DATA_DIR.
+        split: split to run on.
+        targets: any of :data:`TARGETS` (see the module docstring).
+        tta: multi-scale + flip test-time augmentation of ``seg`` (CAMs are always
+            multi-scale + flip).
+        device: where the model runs.
+        batch_size: chips per forward pass.
+        input_size: resize every chip to ``input_size × input_size`` (bilinear) for the model
+            and the predictions back to the chip size; None: the chip's own size.
+        keep_cams: also return the (label-restricted) CAMs of each chip.
+        rank: this process' share is every ``world_size``-th chip starting at ``rank``.
+        world_size: number of processes sharing the split.
+        progress: show a progress bar on stderr (only when it is a terminal).
+
+    Yields:
+        :class:`ChipPrediction`, in split order (of this rank's share).
+
+    Raises:
+        CtfaError: the split is empty, a chip is unreadable, or the model does not fit
+            DATA_DIR (see :func:`check_model_fits`).
+        CtfaUsageError: an unknown target.
+    """
+    targets = check_targets(targets)
+    check_model_fits(spec, data)
+    rows = data.split(split)
+    rows = rows.drop(columns=rows.geometry.name).to_dict("records")[rank::world_size]
+    device = torch.device(device)
+    was_training = model.training
+    seg = None
+    if "seg" in targets:
+        seg = BundlePredictor(Bundle(model=model, spec=spec, cfg=cfg), device, tta=tta)
+    model.to(device).eval()
+    try:
+        with _progress_bar(progress, f"{split}: {', '.join(targets)}", len(rows)) as advance:
+            for batch in _same_size_batches(rows, batch_size):
+                chips = [_read(data, row) for row in batch]
+                yield from _predict_batch(model, spec, cfg, chips, targets, seg, device,
+                                          input_size, keep_cams)
+                advance(len(batch))
+    finally:
+        model.train(was_training)
+
+
+def evaluate_split(
+    model: torch.nn.Module,
+    spec: DatasetSpec,
+    cfg: TrainConfig,
+    data: DataDir,
+    split: str,
+    *,
+    targets: Sequence[str] = ("seg",),
+    tta: bool = False,
+    device: torch.device | str = "cpu",
+    batch_size: int = 8,
+    progress: bool = True,
+    input_size: int | None = None,
+    on_chip: Callable[[ChipPrediction], None] | None = None,
+) -> dict[str, dict]:
+    """Metrics of each target on a split, from one confusion matrix per target.
+
+    Under an initialised ``torch.distributed`` group (``torchrun``) each rank evaluates every
+    ``world_size``-th chip and the matrices are summed over ranks, so **every rank must call
+    this**; all ranks return the same metrics.
+
+    Args:
+        model, spec, cfg, data, split, targets, tta, device, batch_size, input_size: see
+            :func:`predict_chips`.
+        progress: show a progress bar on stderr (rank 0, terminal only).
+        on_chip: called with every :class:`ChipPrediction` of this rank (e.g. to keep a few
+            for overlays) after it was scored.
+
+    Returns:
+        target → the dict of :meth:`ConfusionMatrix.compute` (``miou``, ``mf1``, ``oa``,
+        ``kappa``, per-class ``iou``/``f1``/``precision``/``recall``, ``present``, ``pixels``,
+        ``ignored_predictions``) plus ``confusion`` (``[C][C]`` pixel counts, rows ground
+        truth, columns prediction) and ``undecided`` (``[C]`` pixels of each true class the
+        prediction left undecided).
+
+    Raises:
+        CtfaError: a chip of the split has no mask, or see :func:`predict_chips`.
+        CtfaUsageError: an unknown target.
+    """
+    targets = check_targets(targets)
+    rows = data.split(split)
+    unmasked = rows[rows["mask"].isna()]
+    if len(unmasked):
+        raise CtfaError(f"{data.root}: {len(unmasked)} chip(s) of split {split!r} have no mask "
+                        f"(e.g. {unmasked['chip_id'].iloc[0]}); evaluation needs ground truth: "
+                        "choose a split with masks")
+    rank, world_size = _distributed_share()
+    matrices = {t: ConfusionMatrix(spec.num_classes, spec.ignore_index) for t in targets}
+    chips = predict_chips(model, spec, cfg, data, split, targets=targets, tta=tta,
+                          device=device, batch_size=batch_size, input_size=input_size,
+                          rank=rank, world_size=world_size, progress=progress and rank == 0)
+    for chip in chips:
+        mask = torch.from_numpy(chip.mask)
+        for target in targets:
+            matrices[target].update(torch.from_numpy(chip.predictions[target]), mask)
+        if on_chip is not None:
+            on_chip(chip)
+    results = {}
+    for target, matrix in matrices.items():
+        if world_size > 1:
+            matrix.all_reduce()
+        results[target] = {**matrix.compute(), "confusion": matrix.matrix.tolist(),
+                           "undecided": matrix.undecided.tolist()}
+    return results
+
+
+@dataclass
+class EvaluationReport:
+    """Outcome of :func:`evaluate_checkpoint`.
+
+    Attributes:
+        model: the checkpoint.
+        data: the DATA_DIR.
+        split: the split evaluated.
+        target: the target evaluated.
+        tta: whether test-time augmentation was used.
+        spec: the dataset spec (class names, palette).
+        metrics: the target's metrics (see :func:`evaluate_split`).
+        out: the folder holding ``metrics.json``, ``confusion.png`` and ``overlays/``.
+        files: every file written, ``metrics.json`` first.
+    """
+
+    model: Path
+    data: Path
+    split: str
+    target: str
+    tta: bool
+    spec: DatasetSpec
+    metrics: dict
+    out: Path
+    files: list[Path]
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready summary (NaN written as null)."""
+        return report.jsonable({
+            "model": str(self.model), "data": str(self.data), "split": self.split,
+            "target": self.target, "tta": self.tta, "classes": list(self.spec.classes),
+            "metrics": self.metrics, "out": str(self.out),
+            "files": [str(p) for p in self.files],
+        })
+
+
+def default_eval_dir(model_path: Path, split: str, target: str, tta: bool) -> Path:
+    """``RUN_DIR/eval_<split>_<target>[_tta]``, RUN_DIR being the folder that holds the
+    checkpoint's ``checkpoints/`` folder (or the checkpoint's own folder elsewhere)."""
+    model_path = Path(model_path)
+    parent = model_path.parent
+    run_dir = parent.parent if parent.name == "checkpoints" else parent
+    return run_dir / f"eval_{split}_{target}{'_tta' if tta else ''}"
+
+
+def evaluate_checkpoint(
+    model_path: Path,
+    data_dir: Path,
+    *,
+    split: str = "test",
+    target: str = "seg",
+    tta: bool = False,
+    out: Path | None = None,
+    overwrite: bool = False,
+    device: str = "auto",
+    batch_size: int = 8,
+    num_overlays: int = NUM_OVERLAYS,
+    progress: bool = True,
+) -> EvaluationReport:
+    """``ctfa evaluate``: score a checkpoint on a split and write the report files.
+
+    Writes into ``out`` (default :func:`default_eval_dir`): ``metrics.json`` (the
+    :meth:`EvaluationReport.to_json` summary), ``confusion.png`` (row-normalised confusion
+    matrix) and ``overlays/<chip_id>.png`` (image | ground truth | prediction) for
+    ``num_overlays`` chips spread evenly over the split. Every file is written under a
+    temporary name, then renamed.
+
+    Raises:
+        CtfaError: DATA_DIR or checkpoint missing or invalid, a class-count mismatch, a split
+            without masks, or ``out`` not empty without ``overwrite``.
+        CtfaUsageError: unknown target or device, or ``tta`` with another target than ``seg``.
+    """
+    (target,) = check_targets([target])
+    if tta and target != "seg":
+        raise CtfaUsageError(f"--tta applies to --target seg only; the {target} target always "
+                             "uses multi-scale + flip CAMs (cam_scales of the checkpoint)")
+    data = DataDir.open(data_dir)
+    resolved = resolve_device(device)
+    bundle = load_bundle(model_path, resolved)
+    check_model_fits(bundle.spec, data, model_path)
+    out = Path(out) if out is not None else default_eval_dir(model_path, split, target, tta)
+    claim_folder(out, overwrite, owned=(METRICS_JSON, CONFUSION_PNG, OVERLAYS_DIR))
+    total = len(data.split(split))
+    chosen = set(np.linspace(0, total - 1, min(num_overlays, total)).round().astype(int))
+    kept: list[ChipPrediction] = []
+    seen = 0
+
+    def keep_some(chip: ChipPrediction) -> None:
+        nonlocal seen
+        if seen in chosen:
+            kept.append(chip)
+        seen += 1
+
+    log.info("evaluating %s on %s split %s: target %s%s on %s", model_path, data.root, split,
+             target, " with TTA" if tta else "", resolved)
+    metrics = evaluate_split(bundle.model, bundle.spec, bundle.cfg, data, split,
+                             targets=(target,), tta=tta, device=resolved,
+                             batch_size=batch_size, progress=progress, on_chip=keep_some)[target]
+    files = [out / METRICS_JSON, out / CONFUSION_PNG]
+    result = EvaluationReport(model=Path(model_path), data=data.root, split=split, target=target,
+                              tta=tta, spec=bundle.spec, metrics=metrics, out=out, files=files)
+    report.write_confusion_png(files[1], metrics, bundle.spec.classes)
+    for chip in kept:
+        path = out / OVERLAYS_DIR / f"{chip.chip_id}.png"
+        report.write_overlay_png(path, chip.image, chip.mask, chip.predictions[target],
+                                 bundle.spec, prediction_title=target)
+        files.append(path)
+    write_json(files[0], result.to_json())
+    log.info("wrote %s", out)
+    return result
+
+
+# --- internals ----------------------------------------------------------------------------------
+
+
+def _distributed_share() -> tuple[int, int]:
+    """``(rank, world_size)`` of an initialised process group, else ``(0, 1)``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _same_size_batches(rows: list[dict], batch_size: int) -> Iterator[list[dict]]:
+    """Consecutive rows of equal ``(height, width)``, at most ``batch_size`` at a time."""
+    batch: list[dict] = []
+    for row in rows:
+        if batch and (len(batch) == batch_size or _size(row) != _size(batch[0])):
+            yield batch
+            batch = []
+        batch.append(row)
+    if batch:
+        yield batch
+
+
+def _size(row: dict) -> tuple[int, int]:
+    return int(row["height"]), int(row["width"])
+
+
+def _read(data: DataDir, row: dict) -> ChipPrediction:
+    image, mask = data.read_chip(row)
+    return ChipPrediction(row=row, image=image, mask=mask, labels=data.multi_hot(row))
+
+
+@torch.no_grad()
+def _predict_batch(model, spec: DatasetSpec, cfg: TrainConfig, chips: list[ChipPrediction],
+                   targets: tuple[str, ...], seg, device: torch.device, input_size: int | None,
+                   keep_cams: bool) -> list[ChipPrediction]:
+    """Fill ``predictions`` (and ``cams``) of a batch of same-size chips."""
+    size = chips[0].image.shape[-2:]
+    images = torch.stack([normalize(torch.from_numpy(c.image), spec) for c in chips]).to(device)
+    if input_size is not None:
+        images = F.interpolate(images, size=(input_size, input_size), mode="bilinear",
+                               align_corners=False)
+    outputs: dict[str, Tensor] = {}
+    if seg is not None:
+        outputs["seg"] = _resize(seg(images), size).argmax(dim=1)
+    if keep_cams or any(t in CAM_TARGETS for t in targets):
+        labels = torch.from_numpy(np.stack([c.labels for c in chips])).to(device)
+        cams = dict(zip(("cam", "aux_cam"),
+                        (c.float() for c in multi_scale_cams(model, images, cfg.cam_scales)),
+                        strict=True))
+        for name in ("cam", "aux_cam"):
+            if name in targets:
+                outputs[name] = _cam_labels(_resize(cams[name], size), labels, spec, cfg)
+        if "pseudo" in targets:
+            pseudo = _refined_labels(images, cams["cam"], labels, spec, cfg)
+            outputs["pseudo"] = _resize(pseudo[:, None], size, mode="nearest")[:, 0]
+        if keep_cams:
+            valid = {n: _resize(c, size) * labels[:, :, None, None] for n, c in cams.items()}
+    for index, chip in enumerate(chips):
+        chip.predictions = {t: outputs[t][index].to("cpu", torch.uint8).numpy() for t in targets}
+        if keep_cams:
+            chip.cams = {n: c[index].cpu().numpy() for n, c in valid.items()}
+    return chips
+
+
+def _cam_labels(cam: Tensor, labels: Tensor, spec: DatasetSpec, cfg: TrainConfig) -> Tensor:
+    """CAM → label with the background threshold, as the official CAM evaluation.
+
+    Args:
+        cam: float ``[B, Cc, H, W]`` CAMs in ``[0, 1]``.
+        labels: ``[B, Cc]`` multi-hot image-level labels (the CAMs are restricted to them).
+        spec: background policy and ignore index.
+        cfg: ``bkg_thre``.
+
+    Returns:
+        int64 ``[B, H, W]`` class indices (``ignore_index`` where undecided).
+    """
+    return cam_to_label(cam, labels, bkg_thre=cfg.bkg_thre, ignore_index=spec.ignore_index,
+                        has_background=spec.has_background)
+
+
+def _refined_labels(images: Tensor, cam: Tensor, labels: Tensor, spec: DatasetSpec,
+                   cfg: TrainConfig) -> Tensor:
+    """The training step's refined pseudo label of whole images (no crop box).
+
+    Same computation as the training step (:mod:`ctfa_cli.training.step`): CAMs of the present
+    classes, PAR on the de-normalised colour bands at half resolution (``refine_pseudo_label``'s
+    default, the reference's), high/low background thresholds.
+
+    Args:
+        images: normalised ``[B, in_chans, H, W]``.
+        cam: float ``[B, Cc, H, W]`` CAMs of the final classifier in ``[0, 1]``.
+        labels: ``[B, Cc]`` multi-hot image-level labels.
+        spec: normalisation, background policy and ignore index.
+        cfg: ``high_thre``, ``low_thre``, ``par_dilations``, ``par_iters``.
+
+    Returns:
+        float32 ``[B, H, W]`` labels (0, classes, ``ignore_index``).
+    """
+    valid_cam = cam * labels.to(cam.dtype)[:, :, None, None]
+    colour = denormalize(images[:, :COLOUR_BANDS].float(), spec.mean[:COLOUR_BANDS],
+                         spec.std[:COLOUR_BANDS])
+    return refine_pseudo_label(
+        colour, valid_cam, labels, high_thre=cfg.high_thre, low_thre=cfg.low_thre,
+        ignore_index=spec.ignore_index, dilations=cfg.par_dilations, num_iter=cfg.par_iters,
+        has_background=spec.has_background,
+    )
+
+
+def _resize(x: Tensor, size: Sequence[int], mode: str = "bilinear") -> Tensor:
+    """``x [B, K, h, w]`` at ``size`` (a no-op when it is already there)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if mode == "nearest":
+        return F.interpolate(x, size=tuple(size), mode="nearest")
+    return F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool, description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar over chips on stderr, only when stderr is a terminal."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(stderr=True)
+    if not (enabled and console.is_terminal):
+        yield lambda n: None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=console, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.update(task, advance=n)
