@@ -2,10 +2,114 @@
 
 from __future__ import annotations
 
-from ctfa_cli.commands import not_available
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ctfa_cli.options import (
+    BandsOpt,
+    BatchSizeOpt,
+    DeviceOpt,
+    JsonOpt,
+    ModelOpt,
+    OverwriteOpt,
+    TileOpt,
+    TtaOpt,
+)
 
 HELP = "Map whole scenes into a georeferenced class COG (and polygons)."
 
+ScenesArg = Annotated[
+    list[str],
+    typer.Argument(help="Scene rasters, folders of rasters, quoted globs, or - to read paths "
+                        "from stdin (one per line).", show_default=False),
+]
+OutOpt = Annotated[
+    Path,
+    typer.Option("--out", "-o", help="Class COG file (one scene, .tif) or output folder "
+                                     "(<scene stem>.tif per scene)."),
+]
+VectorOpt = Annotated[
+    str | None,
+    typer.Option("--vector", help="Also write polygons per class: a .gpkg/.geojson/.fgb file "
+                                  "(one scene) or a format (gpkg, geojson, fgb) for "
+                                  "<stem>.<format> beside each class COG."),
+]
+ProbsOpt = Annotated[
+    bool, typer.Option("--probs", help="Also write <stem>_probs.tif: per-class probabilities "
+                                       "as uint8 0-255, one band per class.")
+]
+OverlapOpt = Annotated[
+    int | None,
+    typer.Option("--overlap", min=0, help="Overlap of neighbouring windows in pixels "
+                                          "(default: a quarter of the tile)."),
+]
+SimplifyOpt = Annotated[
+    float, typer.Option("--simplify", min=0, help="Polygon simplification tolerance in CRS "
+                                                  "units (0: none).")
+]
+MinAreaOpt = Annotated[
+    float, typer.Option("--min-area", min=0, help="Drop polygons smaller than this, in CRS "
+                                                  "units squared.")
+]
 
-def predict() -> None:
-    raise not_available("predict")
+
+def predict(
+    scenes: ScenesArg,
+    model: ModelOpt,
+    out: OutOpt,
+    vector: VectorOpt = None,
+    probs: ProbsOpt = False,
+    tile: TileOpt = None,
+    overlap: OverlapOpt = None,
+    tta: TtaOpt = False,
+    batch_size: BatchSizeOpt = None,
+    device: DeviceOpt = "auto",
+    bands: BandsOpt = None,
+    simplify: SimplifyOpt = 0.0,
+    min_area: MinAreaOpt = 0.0,
+    overwrite: OverwriteOpt = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Predict scenes of any size with a model bundle, streaming, into COGs and polygons.
+
+    Under torchrun each rank predicts its share of the scenes. With --json, one JSON line per
+    finished scene is printed on stdout; otherwise a table at the end.
+    """
+    from ctfa_cli.inference.predict import (
+        BundlePredictor,
+        PredictOptions,
+        collect_scenes,
+        predict_scenes,
+        resolve_device,
+    )
+    from ctfa_cli.inference.reader import parse_band_indices
+
+    options = PredictOptions(
+        tile=tile, overlap=overlap, batch_size=batch_size or 8, bands=parse_band_indices(bands),
+        probs=probs, vector=vector, simplify=simplify, min_area=min_area, overwrite=overwrite,
+        progress=sys.stderr.isatty())
+    scene_paths = collect_scenes(scenes, sys.stdin)
+    predictor = BundlePredictor.from_checkpoint(model, resolve_device(device), tta=tta)
+    results = []
+    for result in predict_scenes(scene_paths, predictor, out, options=options):
+        if json_output:
+            typer.echo(json.dumps(result.to_json()))
+        results.append(result)
+    if not json_output:
+        _print_table(results)
+
+
+def _print_table(results) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("scene", "classes", "size", "seconds", "Mpx/s", "polygons")
+    for r in results:
+        table.add_row(r.scene.name, str(r.classes), f"{r.width}×{r.height}", f"{r.seconds:.1f}",
+                      f"{r.pixels_per_second / 1e6:.3f}",
+                      "" if r.polygons is None else str(r.polygons))
+    Console().print(table)

@@ -1,0 +1,249 @@
+"""Read a scene for prediction: band selection, scaling to the model's input, nodata mask.
+
+Contract:
+
+* **Bands.** ``--bands`` (1-based indices, in model order) wins. Otherwise bands are matched by
+  name: a band's description or colour interpretation (``red`` → ``r`` …) equal to a name of the
+  bundle's band order. When not every model band is found by name, the first ``in_chans``
+  non-alpha bands are used when the scene has exactly that many (e.g. Potsdam IRRG files tagged
+  as RGB); any other count is a :class:`~ctfa_cli.errors.CtfaError` naming both counts.
+* **Scaling.** uint8 bands are used as trained (``pixel / 255``). Any other dtype (16-bit, float)
+  is stretched linearly to 0..255 between its per-scene 2nd and 98th percentiles and rounded, as
+  ``ctfa prepare`` does for non-uint8 sources; the percentiles are taken on a decimated read of
+  at most :data:`STRETCH_SAMPLE` pixels per side, so the scene is never read whole. Then
+  ``(x / 255 - mean) / std`` with the bundle's statistics.
+* **Nodata.** GDAL's mask of each selected band (from the declared nodata value, an alpha band
+  or a mask band) marks invalid pixels; a pixel is valid only where every selected band is.
+  Invalid pixels are zero after normalisation (the dataset mean) so they carry no signal.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.enums import ColorInterp, MaskFlags
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.windows import Window
+from torch import Tensor
+
+from ctfa_cli.config import DatasetSpec
+from ctfa_cli.datasets.tiling import STRETCH_PERCENTILES
+from ctfa_cli.errors import CtfaError, CtfaUsageError
+
+log = logging.getLogger("ctfa.inference.reader")
+
+# Longest side of the decimated read that estimates the stretch percentiles of non-uint8 bands.
+STRETCH_SAMPLE = 2048
+
+# Colour interpretations that name a band the way DatasetSpec.bands does.
+_COLOR_NAMES = {ColorInterp.red: "r", ColorInterp.green: "g", ColorInterp.blue: "b"}
+# Band descriptions users write for the short names of DatasetSpec.bands.
+_ALIASES = {"red": "r", "green": "g", "blue": "b", "nir": "ir", "near-infrared": "ir",
+            "infrared": "ir"}
+
+
+def parse_band_indices(text: str | None) -> tuple[int, ...] | None:
+    """Parse ``--bands`` such as ``4,1,2`` into 1-based indices (None stays None).
+
+    Raises:
+        CtfaUsageError: not a comma-separated list of positive integers.
+    """
+    if text is None:
+        return None
+    try:
+        indices = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        indices = ()
+    if not indices or min(indices) < 1:
+        raise CtfaUsageError(f"--bands {text!r}: expected 1-based band indices such as 4,1,2")
+    return indices
+
+
+def select_bands(src: rasterio.DatasetReader, spec: DatasetSpec,
+                 bands: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """Choose the scene's bands, in model order (1-based indices).
+
+    Raises:
+        CtfaError: wrong number of ``bands``, an index past the scene's band count, or a band
+            count that cannot be matched to the model's.
+    """
+    path, expected = src.name, spec.in_chans
+    names = ", ".join(spec.bands)
+    if bands is not None:
+        if len(bands) != expected:
+            raise CtfaError(f"{path}: --bands selects {len(bands)} bands but the model expects "
+                            f"{expected} ({names})")
+        if max(bands) > src.count:
+            raise CtfaError(f"{path}: --bands asks for band {max(bands)} but the scene has "
+                            f"{src.count} bands")
+        return bands
+    by_name: dict[str, int] = {}
+    for index, (description, interp) in enumerate(
+            zip(src.descriptions, src.colorinterp, strict=True), start=1):
+        for name in (_COLOR_NAMES.get(interp), (description or "").strip().lower()):
+            if name:
+                by_name.setdefault(_ALIASES.get(name, name), index)
+    if all(name in by_name for name in spec.bands):
+        return tuple(by_name[name] for name in spec.bands)
+    data_bands = [i for i, interp in enumerate(src.colorinterp, start=1)
+                  if interp != ColorInterp.alpha]
+    if len(data_bands) == expected:
+        return tuple(data_bands)
+    raise CtfaError(f"{path}: the scene has {len(data_bands)} bands but the model expects "
+                    f"{expected} ({names}); choose them with --bands, e.g. --bands "
+                    f"{','.join(str(i) for i in range(1, expected + 1))}")
+
+
+@dataclass(frozen=True)
+class RowBand:
+    """Scene rows ``[row, row + height)`` over the full width, ready for the model.
+
+    Attributes:
+        row: first scene row.
+        pixels: ``[in_chans, height, width]`` float32, normalised, zero where invalid.
+        valid: ``[height, width]`` bool, False on nodata pixels.
+    """
+
+    row: int
+    pixels: Tensor
+    valid: Tensor
+
+
+class SceneReader:
+    """An open scene that hands out normalised bands of rows (use as a context manager).
+
+    Args:
+        path: any raster GDAL reads.
+        spec: the model's dataset spec (band names, mean, std).
+        bands: 1-based band indices in model order, or None to match by name / count.
+
+    Raises:
+        CtfaError: missing or unreadable file, or bands that do not fit the model.
+    """
+
+    def __init__(self, path: Path, spec: DatasetSpec, *, bands: tuple[int, ...] | None = None
+                 ) -> None:
+        self.path = Path(path)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self._src = rasterio.open(self.path)
+        except RasterioIOError as exc:
+            raise CtfaError(f"{path}: missing or unreadable raster "
+                            f"({' '.join(str(exc).split())}); check the path") from exc
+        try:
+            self.indexes = select_bands(self._src, spec, bands)
+            self._stretch = self._stretch_bounds()
+        except BaseException:
+            self._src.close()
+            raise
+        self._has_mask = any(MaskFlags.all_valid not in self._src.mask_flag_enums[i - 1]
+                             for i in self.indexes)
+        # x_norm = x_u8 * scale - offset, with x_u8 = pixel/255 scaled to 0..255.
+        std = torch.tensor(spec.std, dtype=torch.float32)[:, None, None]
+        mean = torch.tensor(spec.mean, dtype=torch.float32)[:, None, None]
+        self._scale, self._offset = 1.0 / (255.0 * std), mean / std
+        log.debug("%s: bands %s, stretch %s", path, self.indexes, self._stretch)
+
+    def __enter__(self) -> SceneReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the file."""
+        self._src.close()
+
+    @property
+    def height(self) -> int:
+        """Rows of the scene."""
+        return self._src.height
+
+    @property
+    def width(self) -> int:
+        """Columns of the scene."""
+        return self._src.width
+
+    @property
+    def crs(self) -> rasterio.crs.CRS | None:
+        """The scene CRS, None when not georeferenced."""
+        return self._src.crs
+
+    @property
+    def transform(self) -> rasterio.Affine:
+        """Pixel → CRS affine transform (identity when not georeferenced)."""
+        return self._src.transform
+
+    @property
+    def georeferenced(self) -> bool:
+        """True when the scene has a CRS or a non-identity geotransform."""
+        return self._src.crs is not None or not self._src.transform.is_identity
+
+    @property
+    def stretch(self) -> list[tuple[float, float]] | None:
+        """Per selected band ``(low, high)`` of the percentile stretch; None for uint8 input."""
+        return self._stretch
+
+    def read_rows(self, row: int, height: int) -> RowBand:
+        """Read scene rows ``[row, row + height)`` over the full width.
+
+        Raises:
+            CtfaError: unreadable raster data.
+        """
+        window = Window(0, row, self.width, height)
+        try:
+            raw = self._src.read(self.indexes, window=window)
+            masks = self._src.read_masks(self.indexes, window=window) if self._has_mask else None
+        except RasterioIOError as exc:
+            raise CtfaError(f"{self.path}: unreadable raster data at rows {row}–{row + height} "
+                            f"({' '.join(str(exc).split())})") from exc
+        if self._stretch is None:
+            pixels = torch.from_numpy(raw).float()
+        else:
+            pixels = torch.from_numpy(self._apply_stretch(raw))
+        pixels = pixels.mul_(self._scale).sub_(self._offset)
+        if masks is None:
+            valid = torch.ones(height, self.width, dtype=torch.bool)
+        else:
+            valid = torch.from_numpy((masks != 0).all(axis=0))
+            pixels.mul_(valid)
+        return RowBand(row, pixels, valid)
+
+    def _stretch_bounds(self) -> list[tuple[float, float]] | None:
+        dtypes = {self._src.dtypes[i - 1] for i in self.indexes}
+        if dtypes == {"uint8"}:
+            return None
+        factor = max(1, -(-max(self.height, self.width) // STRETCH_SAMPLE))
+        shape = (len(self.indexes), -(-self.height // factor), -(-self.width // factor))
+        sample = self._src.read(self.indexes, out_shape=shape, masked=True)
+        bounds = []
+        for band in sample:
+            values = band.compressed().astype(np.float64)
+            values = values[np.isfinite(values)]
+            if values.size == 0:
+                bounds.append((0.0, 0.0))
+                continue
+            low, high = np.percentile(values, STRETCH_PERCENTILES)
+            bounds.append((float(low), float(high)))
+        log.info("%s: %s input stretched to 0..255 between per-band percentiles %s",
+                 self.path, "/".join(sorted(dtypes)),
+                 ", ".join(f"[{lo:g}, {hi:g}]" for lo, hi in bounds))
+        return bounds
+
+    def _apply_stretch(self, raw: np.ndarray) -> np.ndarray:
+        """Map ``[bands, h, w]`` raw values to float32 0..255 the way ``prepare`` does."""
+        out = np.empty(raw.shape, np.float32)
+        for band, (low, high), dst in zip(raw, self._stretch, out, strict=True):
+            scale = 255.0 / (high - low) if high > low else 0.0
+            values = np.nan_to_num(band.astype(np.float64) - low, nan=0.0) * scale
+            np.clip(values, 0, 255, out=values)
+            np.round(values, out=values)
+            dst[...] = values
+        return out

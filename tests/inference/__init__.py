@@ -1,0 +1,1 @@
+"""Inference tests (a package: its test modules share basenames with tests/cli/)."""
