@@ -1,5 +1,6 @@
 """Shared test set-up: tests are small, seeded, offline."""
 
+import logging
 import os
 
 import pytest
@@ -15,3 +16,17 @@ def _seeded():
 
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _restore_ctfa_logger():
+    """In-process CLI runs configure the "ctfa" logger (stderr handler, no propagation).
+
+    Restore it after each test so that later tests' ``caplog`` sees ctfa's records again.
+    """
+    logger = logging.getLogger("ctfa")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:] = saved[0]
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]

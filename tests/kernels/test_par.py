@@ -79,13 +79,13 @@ def test_fused_cpu_other_dilations_and_iterations():
 
 @pytest.mark.parametrize("path", ["reference", "cpu"])
 @pytest.mark.parametrize("parity", PARITY_CASES, ids=lambda p: p.stem)
-def test_parity_through_public_function(parity, path):
+def test_golden_vectors_through_public_function(parity, path):
     images, masks, meta, expected = _load_parity(parity)
     actual = par(images, masks, meta["dilations"], meta["num_iter"], path=path)
     assert_close_report(actual, expected, rtol=1e-4, atol=1e-5, name=f"{parity.stem} {path}")
 
 
-def test_parity_cases_present():
+def test_golden_vector_cases_present():
     assert len(PARITY_CASES) == 2
 
 
@@ -234,7 +234,7 @@ def test_triton_interpreted_matches_reference(triton_interpreted, case):
 
 
 @pytest.mark.parametrize("parity", PARITY_CASES[:1], ids=lambda p: p.stem)
-def test_triton_interpreted_parity(triton_interpreted, parity):
+def test_triton_interpreted_golden_vectors(triton_interpreted, parity):
     actual, expected = triton_interpreted[parity.stem]
     assert_close_report(actual, expected, rtol=1e-4, atol=1e-5, name=f"{parity.stem} triton")
 
