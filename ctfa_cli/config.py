@@ -197,6 +197,9 @@ CPU_PRESET: dict[str, Any] = {
 
 PRESETS = ("paper", "cpu")
 
+# Format tag of RUN_DIR/config.yaml (written by the training loop, readable with --config).
+RUN_CONFIG_FORMAT = "ctfa-run/1"
+
 
 def preset_config(preset: str, dataset: str) -> dict[str, Any]:
     """Return the field overrides of ``preset`` for ``dataset`` (before user overrides).
@@ -266,7 +269,9 @@ def resolve_train_config(
     """
     fields = preset_config(preset, dataset)
     if config_file is not None:
-        fields.update(load_yaml(config_file))
+        loaded = load_yaml(config_file)
+        # A RUN_DIR/config.yaml written by `ctfa train` keeps the fields under ``train``.
+        fields.update(loaded["train"] if loaded.get("format") == RUN_CONFIG_FORMAT else loaded)
     fields.update(overrides or {})
     try:
         return TrainConfig(**fields)

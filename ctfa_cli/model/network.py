@@ -153,6 +153,10 @@ class CTFANetwork(nn.Module):
 
     def decode(self, final: Tensor) -> tuple[Tensor, Tensor]:
         """Segmentation and foreground logits ``([B, C, h, w], [B, C, h, w])`` of final tokens."""
+        # The token map is a channels-last view; on CPU the dilated convolutions then convert
+        # their weights at every call (forward and backward, ~30 % slower). One small copy of
+        # the map avoids that.
+        final = final.contiguous()
         return self.decoder(final), self.foreground_decoder(final)
 
     def segment(self, x: Tensor) -> Tensor:

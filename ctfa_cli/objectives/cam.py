@@ -43,6 +43,7 @@ def multi_scale_cams(
     scales: Sequence[float] = (1.0, 0.5, 1.5),
     *,
     flip: bool = True,
+    plain: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Multi-scale, flip-augmented CAMs of both classifiers (reference ``multi_scale_cam2``).
 
@@ -60,6 +61,9 @@ def multi_scale_cams(
         images: normalised images ``[B, 3, H, W]``.
         scales: resize factors; ``1.0`` is implied and computed first.
         flip: also use the horizontal flips (the reference always does).
+        plain: ``model.cams(images)`` when the caller already has it (the training step's
+            forward pass computes the same features); the model then runs only on the other
+            inputs (the flips and the other scales).
 
     Returns:
         ``(cam, aux_cam)``, each ``[B, Cc, H, W]`` in ``[0, 1)``, without gradient.
@@ -72,9 +76,13 @@ def multi_scale_cams(
             x = images if index == 0 else F.interpolate(
                 images, size=size, mode="bilinear", align_corners=False
             )
-            if flip:
-                x = torch.cat([x, x.flip(-1)], dim=0)
-            for which, raw in enumerate(model.cams(x)):
+            if index == 0 and plain is not None:
+                raws = ([torch.cat(pair) for pair in zip(plain, model.cams(x.flip(-1)),
+                                                          strict=True)]
+                        if flip else plain)
+            else:
+                raws = model.cams(torch.cat([x, x.flip(-1)], dim=0) if flip else x)
+            for which, raw in enumerate(raws):
                 up = F.interpolate(raw, size=(h, w), mode="bilinear", align_corners=False)
                 if flip:
                     up = torch.max(up[:b], up[b:].flip(-1))
