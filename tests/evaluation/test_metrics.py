@@ -24,7 +24,8 @@ def test_matches_sklearn(num_classes):
     target = rng.integers(0, num_classes, size=(3, 17, 23))
     target[0, :4] = 255
     # Correlated predictions so that the metrics are far from chance.
-    pred = np.where(rng.random(target.shape) < 0.6, target, rng.integers(0, num_classes, target.shape))
+    noise = rng.integers(0, num_classes, target.shape)
+    pred = np.where(rng.random(target.shape) < 0.6, target, noise)
     pred = np.where(target == 255, rng.integers(0, num_classes, target.shape), pred)
     cm = ConfusionMatrix(num_classes)
     for b in range(3):  # accumulated over batches, one matrix for the split
