@@ -391,7 +391,7 @@ def _load_resume_bundle(last: Path, spec: DatasetSpec):
     missing = [k for k in ("optimizer", "step", "skipped", "best_miou") if k not in bundle.extra]
     if missing:
         raise CtfaError(f"{last}: not a training checkpoint (no {', '.join(missing)}); "
-                        "start a new run with it as --set weights=… instead")
+                        "start a new run with --overwrite instead")
     return bundle
 
 
