@@ -50,15 +50,13 @@ from ctfa_cli.inference.predict import BundlePredictor, resolve_device
 from ctfa_cli.io import claim_folder
 from ctfa_cli.model.bundle import Bundle, load_bundle
 from ctfa_cli.objectives.cam import cam_to_label, multi_scale_cams
-from ctfa_cli.objectives.refine import denormalize, refine_pseudo_label
+from ctfa_cli.objectives.refine import pseudo_label_from_cams
 from ctfa_cli.training.data import normalize
 
 log = logging.getLogger("ctfa.evaluation.evaluate")
 
 TARGETS = ("seg", "cam", "aux_cam", "pseudo")
 CAM_TARGETS = ("cam", "aux_cam", "pseudo")
-# PAR sees colour: the first three bands (the RGB or false-colour composite), as in training.
-COLOUR_BANDS = 3
 # The folder ``ctfa evaluate`` writes; overlays show chips spread evenly over the split.
 METRICS_JSON = "metrics.json"
 CONFUSION_PNG = "confusion.png"
@@ -439,7 +437,7 @@ def _predict_batch(model, spec: DatasetSpec, cfg: TrainConfig, chips: list[ChipP
             if name in targets:
                 outputs[name] = _cam_labels(_resize(cams[name], size), labels, spec, cfg)
         if "pseudo" in targets:
-            pseudo = _refined_labels(images, cams["cam"], labels, spec, cfg)
+            pseudo = pseudo_label_from_cams(images, cams["cam"], labels, spec, cfg)
             outputs["pseudo"] = _resize(pseudo[:, None], size, mode="nearest")[:, 0]
         if keep_cams:
             valid = {n: _resize(c, size) * labels[:, :, None, None] for n, c in cams.items()}
@@ -464,34 +462,6 @@ def _cam_labels(cam: Tensor, labels: Tensor, spec: DatasetSpec, cfg: TrainConfig
     """
     return cam_to_label(cam, labels, bkg_thre=cfg.bkg_thre, ignore_index=spec.ignore_index,
                         has_background=spec.has_background)
-
-
-def _refined_labels(images: Tensor, cam: Tensor, labels: Tensor, spec: DatasetSpec,
-                   cfg: TrainConfig) -> Tensor:
-    """The training step's refined pseudo label of whole images (no crop box).
-
-    Same computation as the training step (:mod:`ctfa_cli.training.step`): CAMs of the present
-    classes, PAR on the de-normalised colour bands at half resolution (``refine_pseudo_label``'s
-    default, the reference's), high/low background thresholds.
-
-    Args:
-        images: normalised ``[B, in_chans, H, W]``.
-        cam: float ``[B, Cc, H, W]`` CAMs of the final classifier in ``[0, 1]``.
-        labels: ``[B, Cc]`` multi-hot image-level labels.
-        spec: normalisation, background policy and ignore index.
-        cfg: ``high_thre``, ``low_thre``, ``par_dilations``, ``par_iters``.
-
-    Returns:
-        float32 ``[B, H, W]`` labels (0, classes, ``ignore_index``).
-    """
-    valid_cam = cam * labels.to(cam.dtype)[:, :, None, None]
-    colour = denormalize(images[:, :COLOUR_BANDS].float(), spec.mean[:COLOUR_BANDS],
-                         spec.std[:COLOUR_BANDS])
-    return refine_pseudo_label(
-        colour, valid_cam, labels, high_thre=cfg.high_thre, low_thre=cfg.low_thre,
-        ignore_index=spec.ignore_index, dilations=cfg.par_dilations, num_iter=cfg.par_iters,
-        has_background=spec.has_background,
-    )
 
 
 def _resize(x: Tensor, size: Sequence[int], mode: str = "bilinear") -> Tensor:

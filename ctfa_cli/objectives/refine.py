@@ -157,3 +157,46 @@ def refine_pseudo_label(
         high, low = labels[:, 0], labels[:, 1]
         out = high.masked_fill(high == 0, ignore_index)
         return out.masked_fill((high + low) == 0, 0)
+
+
+# PAR's colour affinities use the first three bands (RGB or IRRG); extra bands such as a DSM
+# carry no colour and are left out, as the reference only ever sees three.
+COLOUR_BANDS = 3
+
+
+def pseudo_label_from_cams(
+    images: Tensor,
+    cam: Tensor,
+    labels: Tensor,
+    spec,
+    cfg,
+    *,
+    img_box: Tensor | None = None,
+) -> Tensor:
+    """The training step's refined pseudo label of a normalised batch.
+
+    CAMs of the present classes, PAR on the de-normalised colour bands (with the reference's
+    uint8 truncation) at half resolution, high/low background thresholds combined. Training and
+    evaluation (``--target pseudo``) and ``ctfa pseudolabel`` all go through here.
+
+    Args:
+        images: normalised ``[B, in_chans, H, W]``.
+        cam: float ``[B, Cc, H, W]`` CAMs of the final classifier in ``[0, 1]``.
+        labels: ``[B, Cc]`` multi-hot image-level labels.
+        spec: the :class:`~ctfa_cli.config.DatasetSpec` (normalisation, background policy,
+            ignore index).
+        cfg: the :class:`~ctfa_cli.config.TrainConfig` (``high_thre``, ``low_thre``,
+            ``par_dilations``, ``par_iters``).
+        img_box: int ``[B, 4]`` crop boxes ``[h0, h1, w0, w1]``; None: whole images.
+
+    Returns:
+        float32 ``[B, H, W]`` labels (0, classes, ``ignore_index``).
+    """
+    valid_cam = cam * labels.to(cam.dtype)[:, :, None, None]
+    colour = denormalize(images[:, :COLOUR_BANDS].float(), spec.mean[:COLOUR_BANDS],
+                         spec.std[:COLOUR_BANDS])
+    return refine_pseudo_label(
+        colour, valid_cam, labels, high_thre=cfg.high_thre, low_thre=cfg.low_thre,
+        ignore_index=spec.ignore_index, img_box=img_box, down_scale=2,
+        dilations=cfg.par_dilations, num_iter=cfg.par_iters, has_background=spec.has_background,
+    )

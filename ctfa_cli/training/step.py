@@ -56,12 +56,7 @@ from ctfa_cli.objectives.losses import (
     ptc_loss,
     seg_loss,
 )
-from ctfa_cli.objectives.refine import denormalize, refine_pseudo_label
-
-# PAR and the energy loss see colour: the first three bands (the RGB or false-colour composite).
-COLOUR_BANDS = 3
-# The reference refines pseudo labels at half resolution.
-REFINE_DOWN_SCALE = 2
+from ctfa_cli.objectives.refine import COLOUR_BANDS, pseudo_label_from_cams
 
 Phase = Callable[[str], AbstractContextManager]
 
@@ -168,7 +163,7 @@ class CTFAStep(nn.Module):
 
         if seg_terms_active(step, cfg.seg_gate_iters):
             with self._phase("refine"):
-                pseudo = self._pseudo_label(images, cam, labels, img_box)
+                pseudo = pseudo_label_from_cams(images, cam, labels, spec, cfg, img_box=img_box)
             # NLL's 2-D backward (joint_loss) rejects channels-last logits ("grad_input must
             # be contiguous"), which a channels-last token map would give.
             size = (height, width)
@@ -214,22 +209,6 @@ class CTFAStep(nn.Module):
             has_background=spec.has_background,
         )
         return label_to_aff_mask(label, spec.ignore_index)
-
-    def _pseudo_label(self, images: Tensor, cam: Tensor, labels: Tensor,
-                      img_box: Tensor) -> Tensor:
-        """Refined pseudo label float32 ``[b, S, S]`` (0, classes, ignore) of the CAMs."""
-        cfg, spec = self.cfg, self.spec
-        # What the reference's boxed cam_to_label returns as ``valid_cam``: CAMs of the
-        # present classes (not boxed; refinement applies the box itself).
-        valid_cam = cam * labels.to(cam.dtype)[:, :, None, None]
-        colour = denormalize(images[:, :COLOUR_BANDS].float(), spec.mean[:COLOUR_BANDS],
-                             spec.std[:COLOUR_BANDS])
-        return refine_pseudo_label(
-            colour, valid_cam, labels, high_thre=cfg.high_thre, low_thre=cfg.low_thre,
-            ignore_index=spec.ignore_index, img_box=img_box, down_scale=REFINE_DOWN_SCALE,
-            dilations=cfg.par_dilations, num_iter=cfg.par_iters,
-            has_background=spec.has_background,
-        )
 
     def _phase(self, name: str) -> AbstractContextManager:
         return self.phase(name) if self.phase is not None else contextlib.nullcontext()
