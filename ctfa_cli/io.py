@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ctfa_cli.errors import CtfaError
@@ -68,9 +68,21 @@ def claim_folder(path: Path, overwrite: bool, *, owned: tuple[str, ...],
         if not overwrite:
             raise CtfaError(f"{path} is not empty; pass --overwrite to replace its outputs, or "
                             "choose another folder")
-        for entry in entries:
-            if entry.is_dir():
-                shutil.rmtree(entry)
-            elif entry.exists():
-                entry.unlink()
+        remove_entries(path, owned)
     path.mkdir(parents=True, exist_ok=True)
+
+
+def remove_entries(folder: Path, names: Iterable[str], *, keep: Iterable[Path] = ()) -> None:
+    """Remove ``folder/name`` for each of ``names`` (files or whole trees), nothing else.
+
+    An entry that is, or contains, one of ``keep`` (e.g. the inputs of the run) is left alone.
+    """
+    kept = [Path(p).resolve() for p in keep]
+    for name in names:
+        entry = (Path(folder) / name).resolve()
+        if any(p == entry or entry in p.parents for p in kept):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        elif entry.exists():
+            entry.unlink()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from pydantic import ValidationError
 
 from ctfa_cli.config import DatasetSpec, validation_message
 from ctfa_cli.errors import CtfaError
-from ctfa_cli.io import atomic_path
+from ctfa_cli.io import atomic_path, remove_entries
 
 FORMAT = "ctfa-datadir/1"
 DATASET_YAML = "dataset.yaml"
@@ -303,15 +302,7 @@ def claim_output(out: Path, settings: dict[str, Any], *, overwrite: bool,
                             "pass --overwrite to rebuild it")
     if overwrite:
         owned = [DATASET_YAML, CHIPS_GPKG, CHIPS_DIR, STATE_DIR] + ([SCENES_DIR] if ours else [])
-        kept = [Path(p).resolve() for p in keep]
-        for name in owned:
-            entry = (out / name).resolve()
-            if any(p == entry or entry in p.parents for p in kept):
-                continue
-            if entry.is_dir():
-                shutil.rmtree(entry)
-            elif entry.exists():
-                entry.unlink()
+        remove_entries(out, owned, keep=keep)
     settings_path.parent.mkdir(parents=True, exist_ok=True)
     write_json(settings_path, settings)
 
