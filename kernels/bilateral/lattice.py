@@ -18,9 +18,11 @@ The lattice is a hash table of integer keys. The reference builds it with a sequ
 table; here it is an open-addressing table filled by vectorised rounds of "claim an empty slot or
 step to the next one" (:func:`_insert`), so that no step loops over pixels in Python and the same
 code runs on CPU and CUDA. (A sort-based ``torch.unique(..., return_inverse=True)`` alone took
-~165 ms single-threaded on the 2-core CI box for the 1.2 M corner keys of an 8×160×160 batch,
-three times this module's whole hash-table build.) Vertex numbering differs from the
-reference's, which only reorders the lattice and cannot change any sum.
+~165 ms single-threaded on the 2-core CI box for the 1.2 M corner keys of an 8×160×160 batch.)
+Vertex numbering differs from the reference's, which only reorders the lattice and cannot change
+any sum. On CPU each image (a group of images, for small ones) goes through the whole pipeline on
+its own, so that its arrays stay in the caches; channels travel in pairs, one complex64 element
+per pair, which halves the gathers and scatter-adds.
 
 Approximation error against the exact Gaussian sum ``Σ_j exp(-|f_i - f_j|²/2) v_j`` (self term
 included; :mod:`kernels.bilateral.reference`), measured with
@@ -36,18 +38,19 @@ softmax channels, batch 2, seed 0; float64 reference):
 
 (L: lattice, E: exact, s: the least-squares scale of E onto L; relative L2 norms.)
 
-Speed, batch 8 × 6 channels × 160×160 (``kernels.bilateral.bench`` inputs), measured on the
-shared 2-core CI box while other jobs kept its load average near 6: about 200 ms of CPU time
-single-threaded for the smooth synthetic image (simplices ~25 ms, keys ~15, hash tables ~85,
-splat/blur/slice ~70), about 390 ms for uniform random colours (2.2× more lattice vertices).
-Under that load two OpenMP threads were slower, not faster (barrier waits); on a quiet machine
-the elementwise and gather steps parallelise.
-
-
 So the lattice under-weighs the Gaussian by a data- and size-dependent factor of about 0.4-0.6
 and, once that factor is taken out, matches its shape to 7-17 % (relative L2). The σ convention
 is the right one: rescaling both bandwidths of the exact sum by 0.8 or 1.2 fits the lattice
 worse (8 % → 12-15 % after scaling, smooth 40×40).
+
+Speed, batch 8 × 6 channels × 160×160 (``kernels.bilateral.bench`` inputs, σ_rgb 15, σ_xy 50),
+single-thread CPU time (``torch.set_num_threads(1)``, ``time.process_time()``, best of 20 after a
+warm-up) on the shared 2-core CI box while two training runs kept its load average near 3:
+105-120 ms for the smooth synthetic image (simplices ~21 ms, keys ~11, hash tables ~40,
+splat/blur/slice ~35, channel layout ~5) and 220-250 ms for uniform random colours (2.2× more
+lattice vertices). The reference's C++ extension took ~70 ms on the smooth input, so this path
+is still ~1.5-1.7× slower than it on CPU. Under that load two OpenMP threads were 4-5× slower in
+wall time, not faster (barrier waits).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ctfa_cli.errors import CtfaError
@@ -65,21 +69,21 @@ FEATURE_DIM = 5  # d: x, y, R, G, B
 _EMPTY = -1  # marks a free slot of the hash table (packed keys are >= 0)
 # Multiplicative (Fibonacci) hashing: 2^64 / golden ratio, as a signed int64.
 _FIBONACCI = 0x9E3779B97F4A7C15 - (1 << 64)
-# Keys per hash table on CPU: the table (int64, load <= 2/3) and the vertices of one group of
-# images then stay in the caches.
+# Keys per hash table on CPU: one 160×160 image (153 600 keys) per table was measured faster
+# than two or all eight of a batch, whose tables and arrays spill out of the caches.
 _CPU_KEYS_PER_TABLE = 1 << 18
 
 
 @dataclass(frozen=True)
 class Lattice:
-    """A permutohedral lattice built over the pixels of G groups of n pixels (whole images).
+    """A permutohedral lattice built over the n pixels of one group of whole images.
 
-    Each group has its own hash table. Vertex ids run from 1 to M, group after group; id 0 is
-    a vertex whose value is always 0, what a missing neighbour contributes.
+    Vertex ids run from 1 to M; id 0 is a vertex whose value is always 0, what a missing
+    neighbour contributes.
 
     Attributes:
-        vertices: ``[G, d+1, n]`` int64, the vertex at corner r of each pixel's simplex.
-        weights: ``[G, d+1, n]`` float32 barycentric weights (they sum to 1 per pixel).
+        vertices: ``[d+1, n]`` int64, the vertex at corner r of each pixel's simplex.
+        weights: ``[d+1, n]`` float32 barycentric weights (they sum to 1 per pixel).
         neighbours: ``[d+1, 2·M]`` int64; row j holds the neighbour 1 of vertices 1..M along
             axis j, then their neighbour 2 (0 where missing).
         num_vertices: M.
@@ -113,15 +117,19 @@ def lattice_bilateral_filter(
     batch, channels, height, width = values.shape
     num_pixels = height * width
     per_group = _images_per_group(images.device, batch, num_pixels)
-    groups = batch // per_group
-    features = pixel_features(images.float(), sigma_rgb, sigma_xy)  # [B, 5, N]
-    features = features.view(groups, per_group, FEATURE_DIM, num_pixels).transpose(1, 2)
-    lattice = build_lattice(features.reshape(groups, FEATURE_DIM, -1), per_group)
-    grouped_values = values.float().view(groups, per_group, channels, num_pixels)
-    grouped_values = grouped_values.permute(2, 0, 1, 3).reshape(channels, groups, -1).contiguous()
-    filtered = filter_on_lattice(lattice, grouped_values)  # [K, G, n]
-    filtered = filtered.view(channels, groups, per_group, num_pixels).permute(1, 2, 0, 3)
-    return filtered.reshape(batch, channels, height, width)
+    features = pixel_features(images.float(), sigma_rgb, sigma_xy)  # [B, d, N]
+    pairs = _channel_pairs(values.float().reshape(batch, channels, num_pixels))  # [P, B, N, 2]
+    filtered = torch.empty_like(pairs)
+    for start in range(0, batch, per_group):
+        group = slice(start, start + per_group)
+        lattice = build_lattice(features[group])
+        filter_on_lattice(
+            lattice,
+            pairs[:, group].reshape(pairs.shape[0], -1, 2),
+            out=filtered[:, group].view(pairs.shape[0], -1, 2),
+        )
+    filtered = filtered.permute(1, 0, 3, 2).reshape(batch, -1, height, width)
+    return filtered[:, :channels].contiguous()
 
 
 def _images_per_group(device: torch.device, batch: int, pixels_per_image: int) -> int:
@@ -136,123 +144,143 @@ def _images_per_group(device: torch.device, batch: int, pixels_per_image: int) -
     return max(size for size in range(1, min(batch, limit) + 1) if batch % size == 0)
 
 
-def build_lattice(features: Tensor, images_per_group: int) -> Lattice:
-    """Embed ``[G, d, n]`` float32 features (G groups of ``images_per_group`` whole images).
-
-    Images never share a vertex: within a group the image index is part of every key.
+def _channel_pairs(values: Tensor) -> Tensor:
+    """``[B, K, N]`` float32 → ``[P, B, N, 2]`` with P = ⌈K/2⌉: channels 2p and 2p+1 side by
+    side (a zero channel pads an odd K), so that one complex64 element carries both.
     """
-    groups, d, num_pixels = features.shape
-    nearest_point, rank, weights = _enclosing_simplices(features)
-    image_index = torch.arange(images_per_group, device=features.device).repeat_interleave(
-        num_pixels // images_per_group
-    )
-    keys, strides = _corner_keys(nearest_point, rank, image_index)  # [G, d+1, n], [d+1]
+    batch, channels, num_pixels = values.shape
+    if channels % 2:
+        values = F.pad(values, (0, 0, 0, 1))
+    return values.view(batch, -1, 2, num_pixels).permute(1, 0, 3, 2).contiguous()
+
+
+def build_lattice(features: Tensor) -> Lattice:
+    """Embed the ``[b, d, N]`` float32 features of b whole images in one lattice.
+
+    Images never share a vertex: the image index is part of every key.
+    """
+    _, d, pixels_per_image = features.shape
+    features = features.transpose(0, 1).reshape(d, -1)  # [d, n], image after image
+    nearest_point, by_rank_index, weights = _enclosing_simplices(features)
+    keys, strides = _corner_keys(nearest_point, by_rank_index, pixels_per_image)
     # Along axis j, neighbour 1 is key - 1 on every coordinate except j, which gets + d, and
     # neighbour 2 the opposite (for j = d, the implicit coordinate, every stored one gets - 1).
     # Packing is linear, so neighbour 1 is the packed key plus a constant step.
     steps = (d + 1) * strides - strides.sum()  # [d+1]
-
-    vertices = torch.empty_like(keys)
-    first, second, num_vertices = [], [], 0
-    for group in range(groups):
-        group_first, group_second = _hash_group(
-            keys[group], steps, num_vertices, out=vertices[group]
-        )
-        first.append(group_first)
-        second.append(group_second)
-        num_vertices += group_first.shape[1]
+    vertices, neighbours = _number_vertices(keys, steps)
     return Lattice(
         vertices=vertices,
         weights=weights,
-        neighbours=torch.cat(first + second, dim=1),
-        num_vertices=num_vertices,
+        neighbours=neighbours,
+        num_vertices=neighbours.shape[1] // 2,
     )
 
 
-def _hash_group(keys: Tensor, steps: Tensor, offset: int, out: Tensor) -> tuple[Tensor, Tensor]:
-    """Number the distinct ``[d+1, n]`` keys of one group and find their blur neighbours.
-
-    Vertex ids are ``offset + 1 ..= offset + m``; ``out`` (``[d+1, n]`` int64) receives the id
-    of every key.
+def _number_vertices(keys: Tensor, steps: Tensor) -> tuple[Tensor, Tensor]:
+    """Number the distinct ``[d+1, n]`` keys and find their blur neighbours.
 
     Returns:
-        Neighbours 1 and 2 of the group's vertices along each axis, ``[d+1, m]`` int64 each
-        (0 where missing).
+        ``vertices`` ``[d+1, n]`` int64, the id (1..m) of every key, and ``neighbours``
+        ``[d+1, 2·m]`` int64 (see :class:`Lattice`).
     """
     d = keys.shape[0] - 1
-    flat_keys = keys.reshape(-1)
+    flat_keys = keys.view(-1)
     # Linear probing degrades fast above 2/3 load; every key could be distinct.
     bits = max(4, (3 * flat_keys.numel() // 2).bit_length())
     table, slot_of_key = _insert(flat_keys, bits)
-    occupied = table != _EMPTY
-    vertex_keys = table[occupied]
-    num_vertices = vertex_keys.numel()
-    # Id of the vertex in each slot, plus a last entry 0 for "not found" (_find's 2**bits).
-    vertex_of_slot = table.new_zeros(table.numel() + 1)
-    torch.cumsum(occupied, 0, out=vertex_of_slot[:-1]).add_(offset)
-    torch.index_select(vertex_of_slot, 0, slot_of_key, out=out.view(-1))
+    vertex_slots = (table != _EMPTY).nonzero().squeeze(1)
+    num_vertices = vertex_slots.numel()
+    ids = torch.arange(1, num_vertices + 1, device=keys.device)
+    # Id of the vertex in each slot, 0 in the empty ones (where _find leaves absent keys).
+    vertex_of_slot = torch.zeros_like(table)
+    vertex_of_slot.scatter_(0, vertex_slots, ids)
+    vertices = vertex_of_slot.index_select(0, slot_of_key).view_as(keys)
 
-    found = _find(table, (vertex_keys[None, :] + steps[:, None]).reshape(-1), bits)
+    vertex_keys = table.index_select(0, vertex_slots)
+    found = _find(table, (vertex_keys[None, :] + steps[:, None]).view(-1), bits)
     first = vertex_of_slot.index_select(0, found).view(d + 1, num_vertices)
-    # Neighbour 2 of u along an axis is the vertex whose neighbour 1 is u. Scatter by u's
-    # position in the group (1..m; "missing" lands in column 0, which is dropped).
-    position = (first - offset).clamp_(min=0)
-    ids = torch.arange(offset + 1, offset + num_vertices + 1, device=keys.device)
+    # Neighbour 2 of u along an axis is the vertex whose neighbour 1 is u: scatter by u
+    # ("missing", 0, lands in column 0, which is dropped).
     second = table.new_zeros(d + 1, num_vertices + 1)
-    second.scatter_(1, position, ids.expand(d + 1, -1))
-    return first, second[:, 1:]
+    second.scatter_(1, first, ids.expand(d + 1, -1))
+    return vertices, torch.cat([first, second[:, 1:]], dim=1)
 
 
-def filter_on_lattice(lattice: Lattice, pixel_values: Tensor) -> Tensor:
-    """Splat ``[K, G, n]`` float32 values, blur along each axis, slice back to ``[K, G, n]``.
+def filter_on_lattice(lattice: Lattice, pair_values: Tensor, out: Tensor) -> Tensor:
+    """Splat ``[P, n, 2]`` float32 channel pairs, blur along each axis, slice into ``out``.
 
-    Channels go one at a time through buffers reused across them: on CPU this was measured
-    faster than batched broadcasting and indexing, which allocate K-times larger temporaries.
+    Each pair of channels travels as one complex64 element: one gather or scatter-add moves
+    both (complex addition is the two float32 additions), while arithmetic runs on float32
+    views. Per vertex the splat adds pixels corner after corner, pixel after pixel, as the
+    reference does.
+
+    Args:
+        lattice: the group's lattice.
+        pair_values: ``[P, n, 2]`` float32, each ``[n, 2]`` slice contiguous.
+        out: ``[P, n, 2]`` float32 receiving the filtered values, each slice contiguous.
+
+    Returns:
+        ``out``.
     """
-    d = lattice.weights.shape[1] - 1
-    num_vertices, channels = lattice.num_vertices, pixel_values.shape[0]
+    d = lattice.weights.shape[0] - 1
+    num_vertices = lattice.num_vertices
     vertices = lattice.vertices.view(-1)
-    per_corner = torch.empty_like(lattice.weights)  # [G, d+1, n]
+    # The weights side by side for both channels of a pair (torch.complex is the fastest way
+    # to interleave them): broadcasting only over corners keeps the products vectorised.
+    weights = torch.view_as_real(torch.complex(lattice.weights, lattice.weights))  # [d+1, n, 2]
+    per_corner = torch.empty_like(weights)
 
     # Column 0 stays 0: it is what a missing neighbour contributes.
-    lattice_values = pixel_values.new_zeros(channels, num_vertices + 1)
-    for k in range(channels):
-        torch.mul(lattice.weights, pixel_values[k][:, None, :], out=per_corner)
-        lattice_values[k].index_add_(0, vertices, per_corner.view(-1))
+    lattice_values = torch.zeros(
+        pair_values.shape[0], num_vertices + 1, dtype=torch.complex64, device=out.device
+    )
+    for pair, values in zip(lattice_values, pair_values, strict=True):
+        torch.mul(weights, values, out=per_corner)
+        pair.scatter_add_(0, vertices, per_corner.view(torch.complex64).view(-1))
 
-    blurred = torch.zeros_like(lattice_values)
-    neighbours = pixel_values.new_empty(2 * num_vertices)
-    neighbour_sum = pixel_values.new_empty(num_vertices)
-    for axis in range(d + 1):
-        for k in range(channels):
-            torch.index_select(lattice_values[k], 0, lattice.neighbours[axis], out=neighbours)
-            torch.add(neighbours[:num_vertices], neighbours[num_vertices:], out=neighbour_sum)
-            torch.add(lattice_values[k, 1:], neighbour_sum, alpha=0.5, out=blurred[k, 1:])
-        lattice_values, blurred = blurred, lattice_values
+    # Views are made once, outside the (d+1)·P steps: with ~3·10⁴ vertices per image, making
+    # them at every step was a measurable share of the blur.
+    buffers = [lattice_values, torch.zeros_like(lattice_values)]
+    pair_views = [
+        list(zip(buffer, torch.view_as_real(buffer)[:, 1:], strict=True)) for buffer in buffers
+    ]
+    neighbours = lattice_values.new_empty(2 * num_vertices)
+    neighbours_1, neighbours_2 = torch.view_as_real(neighbours).split(num_vertices)
+    neighbour_sum = torch.empty_like(neighbours_1)
+    for axis_neighbours in lattice.neighbours:
+        for (source, source_real), (_, target_real) in zip(*pair_views, strict=True):
+            torch.index_select(source, 0, axis_neighbours, out=neighbours)
+            torch.add(neighbours_1, neighbours_2, out=neighbour_sum)
+            torch.add(source_real, neighbour_sum, alpha=0.5, out=target_real)
+        buffers.reverse()
+        pair_views.reverse()
 
     # Slice with the weights times the reference's "magic scaling constant", adding the corners
     # in the reference's order.
-    alpha = torch.tensor(1.0 / (1.0 + 2.0 ** (-d)), dtype=torch.float32)
-    slice_weights = lattice.weights * alpha
-    out = torch.empty_like(pixel_values)
-    for k in range(channels):
-        torch.index_select(lattice_values[k], 0, vertices, out=per_corner.view(-1))
-        per_corner.mul_(slice_weights)
-        torch.add(per_corner[:, 0], per_corner[:, 1], out=out[k])
-        for corner in range(2, d + 1):
-            out[k] += per_corner[:, corner]
+    weights.mul_(torch.tensor(1.0 / (1.0 + 2.0 ** (-d)), dtype=torch.float32))
+    gathered = lattice_values.new_empty(vertices.numel())
+    per_corner = torch.view_as_real(gathered).view(d + 1, -1, 2)
+    corners = list(per_corner)
+    for pair, pair_out in zip(buffers[0], out, strict=True):
+        torch.index_select(pair, 0, vertices, out=gathered)
+        per_corner.mul_(weights)
+        torch.add(corners[0], corners[1], out=pair_out)
+        for corner in corners[2:]:
+            pair_out += corner
     return out
 
 
 def _enclosing_simplices(features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Simplex of each of ``[G, d, n]`` float32 features, in the reference's float32 arithmetic.
+    """Simplex of each of ``[d, n]`` float32 features, in the reference's float32 arithmetic.
 
     Returns:
-        ``nearest_point`` ``[G, d+1, n]`` float32 (integer-valued: the remainder-0 lattice point
-        the simplex hangs from), ``rank`` ``[G, d+1, n]`` int64 (a permutation of 0..d per
-        pixel) and the barycentric ``weights`` ``[G, d+1, n]`` float32.
+        ``nearest_point`` ``[d+1, n]`` float32 (integer-valued: the remainder-0 lattice point
+        the simplex hangs from), ``by_rank_index`` ``[(d+1)·n]`` int64 (where each
+        coordinate goes in a flattened ``[d+1, n]`` array whose row q holds the coordinates
+        ranked d - q: the q-th smallest remainders) and the barycentric ``weights``
+        ``[d+1, n]`` float32.
     """
-    groups, d, num_points = features.shape
+    d, num_points = features.shape
     device = features.device
     # Diagonal of the elevation matrix E, scaled to the filter's expected standard deviation,
     # computed in double and rounded once, like the reference.
@@ -263,48 +291,57 @@ def _enclosing_simplices(features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         device=device,
     )
     # The reference's operation order (elevated[j] = sm - j*cf; sm += cf, for j = d..1) is
-    # kept so that the rounding, and so every simplex choice, is the same.
+    # kept so that the rounding, and so every simplex choice, is the same: the running sums
+    # first (elevated[j] = sm before step j), then each minus its j*cf (two roundings, no
+    # fused op).
     scaled = features * scale[:, None]
-    elevated = features.new_empty(groups, d + 1, num_points)
-    running_sum = torch.zeros_like(features[:, 0])
-    for j in range(d, 0, -1):
-        elevated[:, j] = running_sum - j * scaled[:, j - 1]  # two roundings, no fused op
-        running_sum += scaled[:, j - 1]
-    elevated[:, 0] = running_sum
+    times_j = scaled * torch.arange(1, d + 1, dtype=torch.float32, device=device)[:, None]
+    elevated = features.new_zeros(d + 1, num_points)
+    for j in range(d - 1, -1, -1):
+        torch.add(elevated[j + 1], scaled[j], out=elevated[j])
+    elevated[1:] -= times_j
 
     inv_d_plus_1 = torch.tensor(1.0 / (d + 1), dtype=torch.float32, device=device)
     nearest = torch.round(elevated * inv_d_plus_1)  # half to even, as the SSE build
-    off_plane = nearest.sum(dim=1)  # integer-valued, exact in any order; |off_plane| <= d/2
+    off_plane = nearest.sum(dim=0)  # integer-valued, exact in any order; |off_plane| <= d/2
     nearest_point = nearest.mul_(d + 1)
 
-    # rank[i]: how many coordinates have a larger remainder, a tie going to the later index.
+    # rank[i]: how many coordinates have a larger remainder, a tie going to the later index:
+    # for each pair i < j, rank[i] counts j when delta[i] < delta[j], and rank[j] counts i
+    # otherwise, so rank[j] = j + Σ_i>j [delta[j] < delta[i]] - Σ_i<j [delta[i] < delta[j]].
     delta = elevated - nearest_point
-    rank = torch.zeros(groups, d + 1, num_points, dtype=torch.uint8, device=device)
-    for i in range(d + 1):
-        for j in range(i + 1, d + 1):
-            smaller = delta[:, i] < delta[:, j]
-            rank[:, i] += smaller.view(torch.uint8)
-            rank[:, j] += (~smaller).view(torch.uint8)
+    first, second = torch.triu_indices(d + 1, d + 1, 1, device=device)
+    smaller = torch.empty(first.numel(), num_points, device=device)
+    torch.lt(delta.index_select(0, first), delta.index_select(0, second), out=smaller)
+    rank = torch.arange(d + 1, dtype=torch.float32, device=device)[:, None].repeat(1, num_points)
+    rank.index_add_(0, first, smaller)
+    rank.index_add_(0, second, smaller, alpha=-1)
 
     # Shift by the distance to the plane and wrap into 0..d, moving the point by d+1 per wrap
     # (ranks stay within -d/2..3d/2, so one wrap at most).
-    shifted = rank.float() + off_plane[:, None]
-    wrapped = torch.remainder(shifted, d + 1)
+    shifted = rank.add_(off_plane)
+    wrapped = shifted - (d + 1) * torch.floor(shifted / (d + 1))  # the remainder, exactly
     nearest_point += wrapped
     nearest_point -= shifted
-    rank = wrapped.long()
+    # Row q of a by-rank array holds, for each pixel, the coordinate ranked d - q (the q-th
+    # smallest remainder); a flat scatter is much faster than one along dim 0 on CPU.
+    columns = torch.arange(num_points, device=device)
+    by_rank_index = ((d - wrapped.long()) * num_points).add_(columns).view(-1)
 
     # Barycentric weights (Adams et al. 2010, p.10): weight q is the gap between the remainders
     # ranked d-q and d-q+1; weight 0 wraps around.
     delta = (elevated - nearest_point).mul_(inv_d_plus_1)
-    by_rank = torch.zeros_like(delta).scatter_(1, rank, delta).flip(1)  # [:, q] = rank d-q
+    by_rank = torch.empty_like(delta)
+    by_rank.view(-1).scatter_(0, by_rank_index, delta.view(-1))
     weights = torch.empty_like(delta)
-    torch.sub(by_rank[:, 1:], by_rank[:, :-1], out=weights[:, 1:])
-    weights[:, 0] = by_rank[:, 0] + (1.0 - by_rank[:, d])
-    return nearest_point, rank, weights
+    torch.sub(by_rank[1:], by_rank[:-1], out=weights[1:])
+    weights[0] = by_rank[0] + (1.0 - by_rank[d])
+    return nearest_point, by_rank_index, weights
 
 
-def _corner_keys(nearest_point: Tensor, rank: Tensor, image_index: Tensor) -> tuple[Tensor, Tensor]:
+def _corner_keys(
+    nearest_point: Tensor, by_rank_index: Tensor, pixels_per_image: int
+) -> tuple[Tensor, Tensor]:
     """Packed keys of the d+1 corners of each pixel's simplex.
 
     Corner r has coordinates ``nearest_point[i] + r``, minus d+1 where ``rank[i] > d - r``
@@ -314,54 +351,55 @@ def _corner_keys(nearest_point: Tensor, rank: Tensor, image_index: Tensor) -> tu
     without carrying into the next digit.
 
     Args:
-        nearest_point: ``[G, d+1, n]`` float32, integer-valued.
-        rank: ``[G, d+1, n]`` int64.
-        image_index: ``[n]`` int64, the image of each pixel within its group.
+        nearest_point: ``[d+1, n]`` float32, integer-valued.
+        by_rank_index: ``[(d+1)·n]`` int64, see :func:`_enclosing_simplices`.
+        pixels_per_image: the pixels of one image; they follow each other in ``n``.
 
     Returns:
-        ``keys`` ``[G, d+1, n]`` int64 (>= 0) and the ``[d+1]`` int64 strides of the
+        ``keys`` ``[d+1, n]`` int64 (>= 0) and the ``[d+1]`` int64 strides of the
         coordinates (0 for the implied one).
 
     Raises:
         CtfaError: the packed keys would not fit in 63 bits.
     """
-    d = rank.shape[1] - 1
-    stored = nearest_point[:, :d]
-    extent = torch.stack([stored.amin(dim=(0, 2)), stored.amax(dim=(0, 2))])
-    low, high = (extent.long() + torch.tensor([[-2 * d], [2 * d]], device=rank.device)).tolist()
+    d, num_points = nearest_point.shape[0] - 1, nearest_point.shape[1]
+    device = nearest_point.device
+    stored = nearest_point[:d].long()
+    low, high = torch.aminmax(stored, dim=1)
+    low, high = (low - 2 * d).tolist(), (high + 2 * d).tolist()
     strides, stride = [], 1
     for lo, hi in zip(reversed(low), reversed(high), strict=True):
         strides.append(stride)
         stride *= hi - lo + 1
     strides = strides[::-1]
-    num_images = int(image_index[-1]) + 1
+    num_images = num_points // pixels_per_image
     if stride * num_images >= 2**62:
         raise CtfaError(
             "bilateral lattice: the features span too wide a range to pack the lattice keys; "
             "use larger sigma_rgb / sigma_xy (in grey levels / pixels)"
         )
-    base = image_index * stride - sum(lo * st for lo, st in zip(low, strides, strict=True))
-    base = base.expand(rank.shape[0], -1).clone()
-    for i in range(d):
-        base.add_(nearest_point[:, i].long(), alpha=strides[i])
-    strides = torch.tensor(strides + [0], dtype=torch.int64, device=rank.device)
-    # moved[r] = sum of the strides of the coordinates ranked above d - r (those shifted by d+1).
-    stride_by_rank = torch.zeros_like(rank).scatter_(
-        1, rank, strides[None, :, None].expand_as(rank)
+    offset = sum(lo * st for lo, st in zip(low, strides, strict=True))
+    strides = torch.tensor(strides + [0], dtype=torch.int64, device=device)
+    keys = stored.new_empty(d + 1, num_points)
+    base = keys[0]
+    torch.sum(stored * strides[:d, None], dim=0, out=base).sub_(offset)
+    base.view(num_images, pixels_per_image).add_(
+        torch.arange(num_images, device=device)[:, None] * stride
     )
-    moved = stride_by_rank.flip(1).cumsum_(dim=1)
-    keys = torch.empty_like(rank)
-    keys[:, 0] = base
-    corner_shift = strides.sum()
-    for corner in range(1, d + 1):
-        torch.sub(base, moved[:, corner - 1], alpha=d + 1, out=keys[:, corner])
-        keys[:, corner] += corner * corner_shift
+    # moved[r] = sum of the strides of the coordinates ranked above d - r (those shifted by
+    # d+1 in corner r + 1).
+    stride_by_rank = torch.empty_like(keys)
+    stride_by_rank.view(-1).scatter_(0, by_rank_index, strides.repeat_interleave(num_points))
+    moved = stride_by_rank[:d].cumsum_(dim=0)
+    corner_shift = torch.arange(1, d + 1, device=device)[:, None] * strides.sum()
+    torch.add(base, corner_shift - (d + 1) * moved, out=keys[1:])
     return keys, strides
 
 
 def _slots(keys: Tensor, bits: int) -> Tensor:
     """Home slot of each key in a table of 2**bits slots (top bits of a Fibonacci hash)."""
-    return ((keys * _FIBONACCI) >> (64 - bits)) & ((1 << bits) - 1)
+    slots = keys * _FIBONACCI
+    return slots.bitwise_right_shift_(64 - bits).bitwise_and_((1 << bits) - 1)
 
 
 def _insert(keys: Tensor, bits: int) -> tuple[Tensor, Tensor]:
@@ -378,41 +416,40 @@ def _insert(keys: Tensor, bits: int) -> tuple[Tensor, Tensor]:
     mask = (1 << bits) - 1
     table = torch.full((1 << bits,), _EMPTY, dtype=torch.int64, device=keys.device)
     slot_of_key = _slots(keys, bits)
-    table.index_copy_(0, slot_of_key, keys)
+    table.scatter_(0, slot_of_key, keys)
     pending = (table.index_select(0, slot_of_key) != keys).nonzero().squeeze(1)
-    pending_keys, pending_slots = keys[pending], slot_of_key[pending]
+    pending_keys = keys.index_select(0, pending)
+    pending_slots = slot_of_key.index_select(0, pending)
     while pending.numel():
-        pending_slots = (pending_slots + 1) & mask
-        free = (table.index_select(0, pending_slots) == _EMPTY).nonzero().squeeze(1)
-        table.index_copy_(0, pending_slots[free], pending_keys[free])
-        settled = table.index_select(0, pending_slots) == pending_keys
-        slot_of_key[pending[settled]] = pending_slots[settled]
-        moving = (~settled).nonzero().squeeze(1)
-        pending, pending_keys, pending_slots = (
-            pending[moving],
-            pending_keys[moving],
-            pending_slots[moving],
-        )
+        pending_slots.add_(1).bitwise_and_(mask)
+        occupant = table.index_select(0, pending_slots)
+        # Writing the occupant back leaves a taken slot as it is.
+        claim = torch.where(occupant == _EMPTY, pending_keys, occupant)
+        table.scatter_(0, pending_slots, claim)
+        slot_of_key.scatter_(0, pending, pending_slots)  # final for the settled ones
+        moving = (table.index_select(0, pending_slots) != pending_keys).nonzero().squeeze(1)
+        pending = pending.index_select(0, moving)
+        pending_keys = pending_keys.index_select(0, moving)
+        pending_slots = pending_slots.index_select(0, moving)
     return table, slot_of_key
 
 
 def _find(table: Tensor, queries: Tensor, bits: int) -> Tensor:
-    """Slot of each ``[n]`` int64 query in ``table``, or ``2**bits`` where it is absent."""
+    """Slot of each ``[n]`` int64 query in ``table``: the slot holding it or, where it is
+    absent, the empty slot that ends its probe.
+    """
     mask = (1 << bits) - 1
-    home = _slots(queries, bits)
-    occupant = table.index_select(0, home)
-    found = torch.where(occupant == queries, home, 1 << bits)
+    found = _slots(queries, bits)
+    occupant = table.index_select(0, found)
     pending = ((occupant != queries) & (occupant != _EMPTY)).nonzero().squeeze(1)
-    pending_keys, pending_slots = queries[pending], home[pending]
+    pending_keys = queries.index_select(0, pending)
+    pending_slots = found.index_select(0, pending)
     while pending.numel():
-        pending_slots = (pending_slots + 1) & mask
+        pending_slots.add_(1).bitwise_and_(mask)
+        found.scatter_(0, pending, pending_slots)  # final for those that stop here
         occupant = table.index_select(0, pending_slots)
-        hit = occupant == pending_keys
-        found[pending[hit]] = pending_slots[hit]
-        moving = (~hit & (occupant != _EMPTY)).nonzero().squeeze(1)
-        pending, pending_keys, pending_slots = (
-            pending[moving],
-            pending_keys[moving],
-            pending_slots[moving],
-        )
+        moving = ((occupant != pending_keys) & (occupant != _EMPTY)).nonzero().squeeze(1)
+        pending = pending.index_select(0, moving)
+        pending_keys = pending_keys.index_select(0, moving)
+        pending_slots = pending_slots.index_select(0, moving)
     return found

@@ -211,7 +211,7 @@ def test_lattice_refuses_bandwidths_too_small_to_pack():
 
 
 def test_hash_table_probes_past_collisions():
-    """Keys sharing a home slot get distinct slots; absent keys come back as 2**bits."""
+    """Keys sharing a home slot get distinct slots; absent keys stop at an empty slot."""
     bits = 4
     keys = torch.arange(0, 400, dtype=torch.int64)
     homes = lattice_module._slots(keys, bits)
@@ -221,7 +221,8 @@ def test_hash_table_probes_past_collisions():
     assert torch.equal(table[slots], inserted)
     assert slots[:5].unique().numel() == 5 and torch.equal(slots[5:], slots[:2])
     found = lattice_module._find(table, torch.cat([colliding, torch.tensor([401, 402])]), bits)
-    assert torch.equal(found[:5], slots[:5]) and torch.equal(found[5:], torch.tensor([16, 16]))
+    assert torch.equal(found[:5], slots[:5])
+    assert torch.equal(table[found[5:]], torch.full((2,), lattice_module._EMPTY))
 
 
 def test_lattice_approximation_error_is_as_documented():
@@ -245,3 +246,38 @@ def test_gpu_paths_match_cpu(path):
     out = bilateral_filter(images.cuda(), values.cuda(), 15.0, 7.0, method=method, path=path)
     assert out.device.type == "cuda"
     assert_close_report(out.cpu(), expected, rtol=1e-4, atol=1e-5, name=f"cuda {path}")
+
+def test_channels_are_filtered_independently():
+    """Channels travel in pairs (an odd count gets a zero partner): any split of the channels
+    gives the same bits, so neither the pairing nor the padding leaks between channels."""
+    images, values = random_inputs((2, 7, 13, 17))
+    whole = lattice_module.lattice_bilateral_filter(images, values, 15.0, 6.0)
+    split = torch.cat(
+        [
+            lattice_module.lattice_bilateral_filter(images, values[:, :3], 15.0, 6.0),
+            lattice_module.lattice_bilateral_filter(images, values[:, 3:4], 15.0, 6.0),
+            lattice_module.lattice_bilateral_filter(images, values[:, 4:], 15.0, 6.0),
+        ],
+        dim=1,
+    )
+    assert whole.shape == values.shape and whole.is_contiguous()
+    assert torch.equal(whole.view(torch.int32), split.view(torch.int32))
+
+
+def test_grouping_images_changes_no_bit(monkeypatch):
+    """One lattice per image (the CPU default for training shapes) or one for the batch."""
+    images, values = random_inputs((4, 2, 11, 9), seed=1)
+    per_image = torch.cat(
+        [
+            lattice_module.lattice_bilateral_filter(images[i : i + 1], values[i : i + 1], 20.0, 4.0)
+            for i in range(4)
+        ]
+    )
+    monkeypatch.setattr(lattice_module, "_CPU_KEYS_PER_TABLE", 1 << 30)
+    assert lattice_module._images_per_group(images.device, 4, 11 * 9) == 4
+    batched = lattice_module.lattice_bilateral_filter(images, values, 20.0, 4.0)
+    monkeypatch.setattr(lattice_module, "_CPU_KEYS_PER_TABLE", 2 * 6 * 11 * 9)
+    assert lattice_module._images_per_group(images.device, 4, 11 * 9) == 2
+    pairs_of_images = lattice_module.lattice_bilateral_filter(images, values, 20.0, 4.0)
+    assert torch.equal(batched.view(torch.int32), per_image.view(torch.int32))
+    assert torch.equal(pairs_of_images.view(torch.int32), per_image.view(torch.int32))
