@@ -181,8 +181,8 @@ PAPER_OVERRIDES: dict[str, dict[str, Any]] = {
 
 # A small configuration that learns something real on 2 CPU cores in minutes. A ViT trained
 # from scratch needs a larger step than a pretrained one; on the default synthetic data (300
-# steps, docs/performance.md) lr 5e-4 was the best stable rate: 1e-3 skipped 7 non-finite steps
-# and its foreground branch diverged (joint loss ~9), 2e-4 learned less.
+# steps, docs/performance.md; single runs) lr 5e-4 learned more than 2e-4, and 1e-3 skipped 7
+# non-finite steps while its foreground branch diverged (joint loss ~9).
 CPU_PRESET: dict[str, Any] = {
     "backbone": "vit_tiny_patch16_224",
     "pretrained": False,
