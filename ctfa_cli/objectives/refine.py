@@ -114,35 +114,37 @@ def refine_pseudo_label(
     small = (h // down_scale, w // down_scale)
     present = cls_labels != 0
     with torch.no_grad():
-        small_images = F.interpolate(images_denorm, size=small, mode="bilinear",
-                                     align_corners=False)
-        if has_background:
-            stacks = [torch.cat([torch.full_like(cams[:, :1], thr), cams], dim=1)
-                      for thr in (high_thre, low_thre)]
-            present = torch.cat([present.new_ones(b, 1), present], dim=1)
-        else:
-            stacks = [cams]
+        small_images = _resize(images_denorm, small)
         # Per image, the present channels first in ascending order (the reference's
-        # valid_key), padded to the batch's largest count with absent channels.
+        # valid_key), padded to the batch's largest count with absent channels. With a
+        # background, channel 0 of the stack is the constant background plane.
+        if has_background:
+            present = torch.cat([present.new_ones(b, 1), present], dim=1)
         num_keys = max(int(present.sum(dim=1).max()), 1)
         keys = torch.sort((~present).to(torch.uint8), dim=1, stable=True).indices[:, :num_keys]
         absent = ~present.gather(1, keys)[:, None, :, None, None]  # [B, 1, keys, 1, 1]
-        groups = len(stacks)
-        # [B, G, keys, H, W]: G maps (high, low) of the selected channels.
-        selected = torch.stack(stacks, dim=1).gather(
-            2, keys[:, None, :, None, None].expand(b, groups, num_keys, h, w)
-        )
-        logits = F.interpolate(selected.reshape(b, groups * num_keys, h, w), size=small,
-                               mode="bilinear", align_corners=False)
-        logits = logits.reshape(b, groups, num_keys, *small).masked_fill(absent, float("-inf"))
+        # Bilinear resizing works channel by channel, so the selected CAMs are resized once
+        # and shared by both thresholds, and each constant plane is resized on its own.
+        if has_background:
+            cam_keys = keys[:, 1:] - 1  # keys[:, 0] is the background plane
+            planes = [torch.full_like(cams[:, :1], thr) for thr in (high_thre, low_thre)]
+            small_planes = [_resize(plane, small) for plane in planes]
+        else:
+            cam_keys, small_planes = keys, []
+        selected = cams.gather(1, cam_keys[:, :, None, None].expand(-1, -1, h, w))
+        small_cams = _resize(selected, small)
+        # [B, G, keys, h', w']: G maps (high and low background scores, or the CAMs alone).
+        logits = torch.stack([torch.cat([plane, small_cams], dim=1) for plane in small_planes]
+                             or [small_cams], dim=1)
+        groups = logits.shape[1]
+        logits = logits.masked_fill(absent, float("-inf"))
         # Softmax over the present channels (padding gets weight 0; an image without any
         # present channel gives NaN, zeroed here and ignored below).
         probs = logits.softmax(dim=2).masked_fill(absent, 0)
         refined = par(small_images, probs.reshape(b, groups * num_keys, *small), dilations,
                       num_iter)
-        refined = F.interpolate(refined, size=(h, w), mode="bilinear", align_corners=False)
-        refined = refined.reshape(b, groups, num_keys, h, w).masked_fill(absent, float("-inf"))
-        best = refined.argmax(dim=2)  # [B, G, H, W], first index wins a tie
+        refined = _resize(refined, (h, w)).reshape(b, groups, num_keys, h, w)
+        best = _argmax_present(refined, absent)  # [B, G, H, W]
         labels = keys[torch.arange(b, device=keys.device)[:, None, None, None], best]
         labels = labels.to(torch.float32)  # a key (channel index) is the label value
 
@@ -157,6 +159,27 @@ def refine_pseudo_label(
         high, low = labels[:, 0], labels[:, 1]
         out = high.masked_fill(high == 0, ignore_index)
         return out.masked_fill((high + low) == 0, 0)
+
+
+def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def _argmax_present(scores: Tensor, absent: Tensor) -> Tensor:
+    """Arg-max over dim 2 of ``[B, G, K, H, W]`` among channels not ``absent`` ``[B, 1, K, 1, 1]``.
+
+    The first index wins a tie, as with ``torch.argmax`` (which is several times slower along
+    a middle dimension); channel 0 is taken where every channel is absent.
+    """
+    best = torch.zeros(scores.shape[:2] + scores.shape[3:], dtype=torch.int64,
+                       device=scores.device)
+    best_score = scores[:, :, 0].masked_fill(absent[:, :, 0], float("-inf"))
+    for k in range(1, scores.shape[2]):
+        score = scores[:, :, k].masked_fill(absent[:, :, k], float("-inf"))
+        better = score > best_score
+        best.masked_fill_(better, k)
+        best_score = torch.where(better, score, best_score)
+    return best
 
 
 # PAR's colour affinities use the first three bands (RGB or IRRG); extra bands such as a DSM

@@ -4,7 +4,7 @@ and the denormalisation quirk."""
 import torch
 
 from ctfa_cli.config import IMAGENET_MEAN, IMAGENET_STD
-from ctfa_cli.objectives.refine import denormalize, refine_pseudo_label
+from ctfa_cli.objectives.refine import _argmax_present, denormalize, refine_pseudo_label
 
 SIZE = 32
 
@@ -75,6 +75,18 @@ def test_refine_without_background():
     assert torch.all(out[1] == 255)
     # Image 2: only class 0 is present, so every pixel is class 0 (absent ones never win).
     assert torch.all(out[2] == 0)
+
+
+def test_argmax_present_matches_torch_argmax_with_ties_and_absent_channels():
+    gen = torch.Generator().manual_seed(3)
+    # Few distinct values, so ties are common; the first index must win them.
+    scores = torch.randint(0, 3, (3, 2, 5, 7, 9), generator=gen).float()
+    absent = torch.zeros(3, 1, 5, 1, 1, dtype=torch.bool)
+    absent[0, 0, 0] = True  # an absent first channel
+    absent[1, 0, 2:] = True
+    absent[2] = True  # every channel absent: channel 0, as torch.argmax of all -inf gives
+    expected = scores.masked_fill(absent, float("-inf")).argmax(dim=2)
+    assert torch.equal(_argmax_present(scores, absent), expected)
 
 
 def test_denormalize_truncates_like_the_uint8_cast():
