@@ -49,7 +49,8 @@ OverlapOpt = Annotated[
 ]
 SimplifyOpt = Annotated[
     float, typer.Option("--simplify", min=0, help="Polygon simplification tolerance in CRS "
-                                                  "units (0: none).")
+                                                  "units (0: none); neighbouring polygons "
+                                                  "keep their shared edges.")
 ]
 MinAreaOpt = Annotated[
     float, typer.Option("--min-area", min=0, help="Drop polygons smaller than this, in CRS "

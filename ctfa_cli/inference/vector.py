@@ -9,10 +9,22 @@ queued and appended to the file in batches. Only one block row, the open polygon
 batch are ever in memory.
 
 Final polygons are mapped to the scene CRS with the raster's affine transform (rotated ones
-included), optionally simplified (``simplify``, CRS units, topology-preserving per polygon, so
-neighbouring polygons may no longer share edges exactly) and dropped below ``min_area`` (CRS
-units squared). Attributes: ``class_id``, ``class_name``, ``area`` (CRS units squared, after
-simplification). The format follows the extension: ``.gpkg``, ``.geojson``/``.json``, ``.fgb``.
+included), optionally simplified and dropped below ``min_area`` (CRS units squared).
+Attributes: ``class_id``, ``class_name``, ``area`` (CRS units squared, after simplification).
+The format follows the extension: ``.gpkg``, ``.geojson``/``.json``, ``.fgb``.
+
+Simplification (``simplify``, CRS units) treats the polygons of one written batch as a coverage
+(:func:`shapely.coverage_simplify`, Visvalingam–Whyatt: the tolerance is roughly the square
+root of the area of the triangles removed), so neighbouring polygons keep sharing their edges:
+no gaps and no overlaps (an edge that moves gives area to one side and takes it from the
+other). Only edges shared inside the batch are simplified; the edges along nodata and the scene
+border, and those shared with a polygon written in another batch, keep their pixel steps, so
+batches also fit together. The polygons are split at every pixel corner first, since the
+coverage algorithm needs the two sides of a shared edge to have the same vertices, which the
+traced rings do not always have; the split points left on straight edges are removed again.
+This runs in pixel coordinates, where those points are exact, with the tolerance divided by
+the square root of the pixel area (areas scale by that under any affine map, so the tolerance
+converts exactly, whatever the rotation or shear).
 """
 
 from __future__ import annotations
@@ -127,6 +139,7 @@ class _PolygonSink:
         self.crs, self.simplify, self.min_area = crs, simplify, min_area
         self._linear = np.array([[transform.a, transform.b], [transform.d, transform.e]])
         self._offset = np.array([transform.c, transform.f])
+        self._pixel_size = abs(transform.determinant) ** 0.5  # converts the tolerance
         self.written = 0
         self._classes: list[int] = []
         self._polygons: list[shapely.Polygon] = []
@@ -146,10 +159,10 @@ class _PolygonSink:
         """Append the queued polygons; the first call creates the file, even when empty."""
         if self._started and not self._polygons:
             return
-        geoms = shapely.transform(np.array(self._polygons, dtype=object),
-                                  lambda xy: xy @ self._linear.T + self._offset)
+        geoms = np.array(self._polygons, dtype=object)
         if self.simplify > 0:
-            geoms = shapely.simplify(geoms, self.simplify, preserve_topology=True)
+            geoms = _simplify_coverage(geoms, self.simplify / self._pixel_size)
+        geoms = shapely.transform(geoms, lambda xy: xy @ self._linear.T + self._offset)
         area = shapely.area(geoms)
         keep = (area >= self.min_area) & ~shapely.is_empty(geoms)
         classes = np.asarray(self._classes, dtype=np.int32)[keep]
@@ -163,3 +176,19 @@ class _PolygonSink:
         self._started = True
         self.written += len(frame)
         self._classes, self._polygons = [], []
+
+
+def _simplify_coverage(polygons: np.ndarray, tolerance: float) -> np.ndarray:
+    """Coverage simplification of polygons in pixel coordinates (see the module docstring).
+
+    Args:
+        polygons: object array of polygons whose vertices are pixel corners (integers).
+        tolerance: Visvalingam–Whyatt tolerance in pixels (square root of a triangle area).
+
+    Returns:
+        The simplified polygons, in the same order.
+    """
+    split = shapely.segmentize(polygons, 1.0)  # a vertex at every pixel corner
+    simplified = shapely.coverage_simplify(split, tolerance, simplify_boundary=False)
+    # Tolerance 0 removes only points on a straight line: the split points of kept edges.
+    return shapely.simplify(simplified, 0.0)

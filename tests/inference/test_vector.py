@@ -7,6 +7,7 @@ import pyogrio
 import pytest
 import rasterio
 import rasterio.features
+import shapely
 from rasterio.transform import from_origin
 
 from ctfa_cli.errors import CtfaUsageError
@@ -91,6 +92,23 @@ def test_min_area_and_simplify(tmp_path):
     vertices = big.geometry.count_coordinates().sum()
     assert vertices < everything[everything.area >= threshold].geometry.count_coordinates().sum()
     assert big.is_valid.all()
+
+
+@pytest.mark.parametrize("flush_polygons", [3, 20_000])
+def test_simplified_polygons_still_tile_the_scene(tmp_path, monkeypatch, flush_polygons):
+    # Written in one batch or many: no gaps or overlaps between neighbours, same total area.
+    monkeypatch.setattr("ctfa_cli.inference.vector.FLUSH_POLYGONS", flush_polygons)
+    labels = _class_raster(tmp_path / "c.tif")
+    polygonize(tmp_path / "c.tif", tmp_path / "raw.gpkg", SPEC, block_rows=16)
+    polygonize(tmp_path / "c.tif", tmp_path / "s.gpkg", SPEC, block_rows=16, simplify=2.0)
+    raw, simple = (pyogrio.read_dataframe(tmp_path / n) for n in ("raw.gpkg", "s.gpkg"))
+    assert len(simple) == len(raw)
+    assert simple.geometry.count_coordinates().sum() < raw.geometry.count_coordinates().sum()
+    assert simple.is_valid.all()
+    union = shapely.union_all(simple.geometry.values)
+    valid_area = (labels != CLASS_NODATA).sum() * abs(ROTATED.determinant)
+    np.testing.assert_allclose(simple.area.sum(), valid_area, rtol=1e-9)
+    np.testing.assert_allclose(union.area, valid_area, rtol=1e-9)  # no overlaps
 
 
 def test_all_nodata_writes_an_empty_layer(tmp_path):
