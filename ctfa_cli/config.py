@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,8 +43,10 @@ class DatasetSpec(StrictModel):
             ``C-1`` logits and CAM channel ``k`` means class ``k+1``. False for DeepGlobe, where
             every class is a foreground class (``C`` logits, no shift).
         bands: band names in the order the model sees them (e.g. ``["ir", "r", "g"]``).
-        mean: per-band mean of ``pixel/255`` used for normalisation.
-        std: per-band standard deviation of ``pixel/255`` used for normalisation.
+        mean: per-band mean of ``pixel/255`` used for normalisation; ``None`` for a band whose
+            statistics are not known in advance (an IR or height band): ``prepare`` fills it
+            with the mean measured on the training chips, so a DATA_DIR's spec is complete.
+        std: per-band standard deviation of ``pixel/255``, likewise (``None``: measured).
         tile_size: chip size in pixels used by ``prepare``.
         stride: chip stride in pixels used by ``prepare``.
     """
@@ -54,8 +57,8 @@ class DatasetSpec(StrictModel):
     ignore_index: int = 255
     has_background: bool = True
     bands: list[str] = Field(default_factory=lambda: ["r", "g", "b"])
-    mean: list[float] = Field(default_factory=lambda: list(IMAGENET_MEAN))
-    std: list[float] = Field(default_factory=lambda: list(IMAGENET_STD))
+    mean: list[float | None] = Field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float | None] = Field(default_factory=lambda: list(IMAGENET_STD))
     tile_size: int = Field(512, gt=0)
     stride: int = Field(512, gt=0)
 
@@ -67,11 +70,35 @@ class DatasetSpec(StrictModel):
             )
         if not (len(self.bands) == len(self.mean) == len(self.std)):
             raise ValueError("bands, mean and std must have the same length")
-        if any(s <= 0 for s in self.std):
+        if any(s is not None and s <= 0 for s in self.std):
             raise ValueError("std values must be positive")
         if not 0 <= self.ignore_index <= 255 or self.ignore_index < len(self.classes):
             raise ValueError("ignore_index must be in [num_classes, 255]")
         return self
+
+    @property
+    def unmeasured_bands(self) -> list[str]:
+        """Bands whose mean or std is still ``None`` (to be measured by ``prepare``)."""
+        return [band for band, m, s in zip(self.bands, self.mean, self.std, strict=True)
+                if m is None or s is None]
+
+    def with_measured_statistics(self, mean: Sequence[float], std: Sequence[float]
+                                 ) -> DatasetSpec:
+        """This spec with every ``None`` mean or std replaced by the measured value.
+
+        Args:
+            mean: per-band mean of ``pixel/255`` measured on the training chips.
+            std: per-band standard deviation of ``pixel/255``, likewise; one grey level
+                (1/255) at least, so that a constant band normalises to 0 instead of dividing
+                by zero.
+        """
+        floor = 1 / 255
+        return self.model_copy(update={
+            "mean": [float(m) if own is None else own
+                     for own, m in zip(self.mean, mean, strict=True)],
+            "std": [max(float(v), floor) if own is None else own
+                    for own, v in zip(self.std, std, strict=True)],
+        })
 
     @property
     def num_classes(self) -> int:

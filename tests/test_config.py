@@ -88,3 +88,15 @@ def test_yaml_round_trip():
     import yaml
 
     assert TrainConfig(**yaml.safe_load(dump_yaml(cfg))) == cfg
+
+
+def test_measured_statistics_fill_only_the_unknown_bands():
+    spec = get_spec("synthetic").model_copy(update={
+        "bands": ["r", "g", "b", "ir", "ndsm"], "mean": [0.1, 0.2, 0.3, None, None],
+        "std": [0.4, 0.5, 0.6, None, None]})
+    assert spec.unmeasured_bands == ["ir", "ndsm"]
+    filled = spec.with_measured_statistics([0.9] * 5, [0.25, 0.25, 0.25, 0.2, 0.0])
+    assert filled.mean == [0.1, 0.2, 0.3, 0.9, 0.9]
+    # A constant band gets one grey level of spread, not a division by zero.
+    assert filled.std == [0.4, 0.5, 0.6, 0.2, 1 / 255]
+    assert filled.unmeasured_bands == []

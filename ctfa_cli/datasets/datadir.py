@@ -113,6 +113,10 @@ class DataDir:
             detail = validation_message(exc) if isinstance(exc, ValidationError) else exc
             raise CtfaError(f"{yaml_path}: invalid spec ({detail}); rebuild with "
                             "`ctfa prepare … --overwrite`") from exc
+        if spec.unmeasured_bands:
+            raise CtfaError(f"{yaml_path}: no mean/std for band(s) "
+                            f"{', '.join(spec.unmeasured_bands)}; rebuild with "
+                            "`ctfa prepare … --overwrite`")
         gpkg = root / CHIPS_GPKG
         if not gpkg.is_file():
             raise CtfaError(f"{gpkg}: missing chip index; rebuild with `ctfa prepare … "

@@ -708,7 +708,7 @@ def _describe(results: list[dict], chips: geopandas.GeoDataFrame, spec: DatasetS
 
     meta: dict[str, Any] = {
         "ctfa_version": __version__,
-        "spec": spec.model_dump(mode="json"),
+        "spec": spec.with_measured_statistics(mean / 255, std / 255).model_dump(mode="json"),
         "source": source,
         "tile_size": spec.tile_size,
         "stride": spec.stride,

@@ -88,6 +88,7 @@ def test_potsdam_band_presets(potsdam, preset, folder, source_bands):
 def test_potsdam_dsm_and_no_boundary(potsdam):
     spec, scenes = read_potsdam(potsdam.root, dsm=True, no_boundary=True)
     assert spec.bands == ["ir", "r", "g", "ndsm"] and len(spec.std) == 4
+    assert spec.unmeasured_bands == ["ndsm"]  # prepare measures it on the training chips
     scene = by_id(scenes)["potsdam_2_10"]
     # DSM file names are zero-padded even where the ortho names are not.
     assert scene.extra_bands == (

@@ -249,14 +249,32 @@ def test_non_uint8_bands_are_stretched_per_scene(tmp_path):
     assert data.meta["uint8_stretch"]["scenes"]["u"][0] == pytest.approx([low, high])
 
 
-def test_extra_band_is_appended(tmp_path):
-    scene = write_scene(tmp_path / "raw", "e", height=40, width=40, seed=9, bands=2)
+def test_extra_band_is_appended_and_its_statistics_measured(tmp_path):
+    scene = write_scene(tmp_path / "raw", "e", height=40, width=40, seed=9)
     dsm = write_scene(tmp_path / "raw", "e_dsm", height=40, width=40, seed=10, bands=1,
                       label=None)
     record = dataclasses.replace(scene.record, extra_bands=(dsm.record.image,))
-    build_datadir([record], SPEC, tmp_path / "d", tile=40)
-    image, _ = DataDir.open(tmp_path / "d").read_chip(DataDir.open(tmp_path / "d").chips.iloc[0])
+    # The first three bands state their statistics, the extra one leaves them to prepare.
+    spec = SPEC.model_copy(update={"bands": ["r", "g", "b", "dsm"], "mean": [*SPEC.mean, None],
+                                   "std": [*SPEC.std, None]})
+    build_datadir([record], spec, tmp_path / "d", tile=40)
+    data = DataDir.open(tmp_path / "d")
+    image, _ = data.read_chip(data.chips.iloc[0])
     np.testing.assert_array_equal(image, np.concatenate([scene.image, dsm.image]))
+    assert data.spec.mean[:3] == SPEC.mean and data.spec.std[:3] == SPEC.std
+    np.testing.assert_allclose(data.spec.mean[3], dsm.image.mean() / 255, rtol=1e-6)
+    np.testing.assert_allclose(data.spec.std[3], dsm.image.std() / 255, rtol=1e-6)
+
+
+def test_a_spec_without_band_statistics_is_refused(tmp_path):
+    scene = write_scene(tmp_path / "raw", "s", height=40, width=40, seed=1)
+    build_datadir([scene.record], SPEC, tmp_path / "d", tile=40)
+    path = tmp_path / "d" / "dataset.yaml"
+    meta = yaml.safe_load(path.read_text())
+    meta["spec"]["std"][2] = None
+    path.write_text(yaml.safe_dump(meta))
+    with pytest.raises(CtfaError, match=r"dataset\.yaml: no mean/std for band\(s\) b; rebuild"):
+        DataDir.open(tmp_path / "d")
 
 
 @pytest.mark.parametrize("problem", ["size", "missing", "bands", "band_index", "corrupt"])

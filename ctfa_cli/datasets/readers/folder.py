@@ -37,7 +37,8 @@ def read_folder(
 
         SOURCE/
         ├── classes.yaml      classes, palette, optional has_background, bands, mean, std,
-        │                     tile_size, stride, name (fields of the dataset spec)
+        │                     tile_size, stride, name (fields of the dataset spec; a null
+        │                     mean or std is measured on the training chips)
         ├── images/           scenes: any raster GDAL reads (GeoTIFF, JP2, PNG …), any size
         │   ├── scene_a.tif
         │   └── …
@@ -137,8 +138,8 @@ def _check_bands(image: Path, indices: tuple[int, ...] | None, spec: DatasetSpec
     if wanted != spec.in_chans:
         raise CtfaError(
             f"{image}: {wanted} bands are read but classes.yaml lists {spec.in_chans} "
-            f"({', '.join(spec.bands)}); pass --bands or list the bands with mean and std in "
-            "classes.yaml"
+            f"({', '.join(spec.bands)}); pass --bands or list the bands with their mean and std "
+            "(null: measured) in classes.yaml"
         )
 
 

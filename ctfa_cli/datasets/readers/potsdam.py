@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ctfa_cli.config import IMAGENET_MEAN, IMAGENET_STD, DatasetSpec
+from ctfa_cli.config import DatasetSpec
 from ctfa_cli.datasets.readers.layout import index_files, require_dir, require_source
 from ctfa_cli.datasets.registry import get_spec
 from ctfa_cli.datasets.scenes import RGB, SceneRecord
@@ -52,12 +52,10 @@ LABEL_FOLDERS = {False: ("5_Labels_all", "label"), True: ("5_Labels_all_noBounda
                                                           "label_noBoundary")}
 DSM_FOLDER = "1_DSM_normalisation"
 
-# Normalisation of the first three bands: the ImageNet statistics, which the official code
-# applies to IRRG as if it were RGB. The fourth (IR of RGBIR) gets the statistics IR has in
-# IRRG (ImageNet red); the nDSM nominal mid-range ones. `prepare` also measures every band on
-# the training chips (``statistics`` in dataset.yaml).
-IR_MEAN, IR_STD = IMAGENET_MEAN[0], IMAGENET_STD[0]
-NDSM_MEAN, NDSM_STD = 0.5, 0.25
+# Normalisation: the first three bands keep the ImageNet statistics, which the official code
+# applies to IRRG as if it were RGB (and a pretrained backbone expects); a fourth band (IR of
+# RGBIR) and the nDSM have no such convention and get the statistics `prepare` measures on the
+# training chips (None in the spec until then).
 
 
 def isprs_color_map(spec: DatasetSpec, no_boundary: bool) -> tuple[tuple[RGB, int], ...] | None:
@@ -120,8 +118,9 @@ def read_potsdam(
         split: ``standard`` or ``paper``.
 
     Returns:
-        The Potsdam spec (bands and statistics of the chosen preset) and one record per tile of
-        the split, scene ids ``potsdam_<row>_<col>``.
+        The Potsdam spec (bands of the chosen preset; ImageNet statistics for the first three,
+        ``None``, measured by ``prepare``, for IR of ``rgbir`` and the nDSM) and one record per
+        tile of the split, scene ids ``potsdam_<row>_<col>``.
 
     Raises:
         CtfaUsageError: unknown band preset or split.
@@ -177,8 +176,8 @@ def read_potsdam(
                  ", ".join(f"{r}_{c}" for r, c in skipped))
 
     names = band_names + (["ndsm"] if dsm else [])
-    mean = list(spec.mean) + [IR_MEAN] * (len(band_names) - 3) + [NDSM_MEAN] * dsm
-    std = list(spec.std) + [IR_STD] * (len(band_names) - 3) + [NDSM_STD] * dsm
+    measured = [None] * (len(names) - 3)
+    mean, std = list(spec.mean) + measured, list(spec.std) + measured
     return DatasetSpec(**{**spec.model_dump(), "bands": names, "mean": mean, "std": std}), scenes
 
 
