@@ -46,6 +46,24 @@ def _pixel_block(num_pixels: int) -> int:
 
 
 @triton.jit
+def _neighbour_tile(dy_ptr, dx_ptr, height, width, num_neighbours,
+                    NEIGHBOUR_BLOCK: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's pixels and the ``[NEIGHBOUR_BLOCK, BLOCK]`` indices of their
+    neighbours (clamped to the image), with the masks of valid pixels, rows and entries."""
+    pixel = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    pixel_ok = pixel < height * width
+    row, col = pixel // width, pixel % width
+    n = tl.arange(0, NEIGHBOUR_BLOCK)
+    n_ok = n < num_neighbours
+    dy = tl.load(dy_ptr + n, mask=n_ok, other=0)
+    dx = tl.load(dx_ptr + n, mask=n_ok, other=0)
+    nbr_row = tl.minimum(tl.maximum(row[None, :] + dy[:, None], 0), height - 1)
+    nbr_col = tl.minimum(tl.maximum(col[None, :] + dx[:, None], 0), width - 1)
+    tile_ok = n_ok[:, None] & pixel_ok[None, :]
+    return pixel, pixel_ok, n, n_ok, nbr_row * width + nbr_col, tile_ok
+
+
+@triton.jit
 def _affinity_kernel(
     images_ptr, dy_ptr, dx_ptr, position_ptr, aff_ptr,
     height, width, num_neighbours,
@@ -54,18 +72,8 @@ def _affinity_kernel(
 ):  # fmt: skip
     batch = tl.program_id(1).to(tl.int64)
     num_pixels = height * width
-    pixel = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    pixel_ok = pixel < num_pixels
-    row, col = pixel // width, pixel % width
-
-    n = tl.arange(0, NEIGHBOUR_BLOCK)
-    n_ok = n < num_neighbours
-    dy = tl.load(dy_ptr + n, mask=n_ok, other=0)
-    dx = tl.load(dx_ptr + n, mask=n_ok, other=0)
-    nbr_row = tl.minimum(tl.maximum(row[None, :] + dy[:, None], 0), height - 1)
-    nbr_col = tl.minimum(tl.maximum(col[None, :] + dx[:, None], 0), width - 1)
-    nbr_index = nbr_row * width + nbr_col
-    tile_ok = n_ok[:, None] & pixel_ok[None, :]
+    pixel, pixel_ok, n, n_ok, nbr_index, tile_ok = _neighbour_tile(
+        dy_ptr, dx_ptr, height, width, num_neighbours, NEIGHBOUR_BLOCK, BLOCK)
 
     term = tl.zeros([NEIGHBOUR_BLOCK, BLOCK], dtype=tl.float32)
     for c in tl.static_range(CHANNELS):
@@ -95,18 +103,8 @@ def _propagate_kernel(
 ):  # fmt: skip
     batch = tl.program_id(1).to(tl.int64)
     num_pixels = height * width
-    pixel = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    pixel_ok = pixel < num_pixels
-    row, col = pixel // width, pixel % width
-
-    n = tl.arange(0, NEIGHBOUR_BLOCK)
-    n_ok = n < num_neighbours
-    dy = tl.load(dy_ptr + n, mask=n_ok, other=0)
-    dx = tl.load(dx_ptr + n, mask=n_ok, other=0)
-    nbr_row = tl.minimum(tl.maximum(row[None, :] + dy[:, None], 0), height - 1)
-    nbr_col = tl.minimum(tl.maximum(col[None, :] + dx[:, None], 0), width - 1)
-    nbr_index = nbr_row * width + nbr_col
-    tile_ok = n_ok[:, None] & pixel_ok[None, :]
+    pixel, pixel_ok, n, n_ok, nbr_index, tile_ok = _neighbour_tile(
+        dy_ptr, dx_ptr, height, width, num_neighbours, NEIGHBOUR_BLOCK, BLOCK)
     # The weights are loaded once and reused for every channel.
     aff_tile = aff_ptr + (batch * num_neighbours + n[:, None]) * num_pixels + pixel[None, :]
     weight = tl.load(aff_tile, mask=tile_ok, other=0.0)
