@@ -36,7 +36,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -274,9 +273,7 @@ def run_demo(out: Path, *, quick: bool = False, device: str = "auto", overwrite:
     with _timed(seconds, "predict"):
         scene, scene_label = data.scene_paths("test")[0]
         log.info("[5/6] predict the held-out scene %s → %s", scene.name, out / PREDICT)
-        # as `ctfa predict`: a progress bar only on a terminal (its bar does not check)
-        options = PredictOptions(probs=True, vector="gpkg",
-                                 progress=progress and sys.stderr.isatty())
+        options = PredictOptions(probs=True, vector="gpkg", progress=progress)
         (predicted,) = predict_scenes([scene], BundlePredictor(bundle, resolved), out / PREDICT,
                                       options=options)
     with _timed(seconds, "previews"):

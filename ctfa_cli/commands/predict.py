@@ -91,8 +91,7 @@ def predict(
 
     options = PredictOptions(
         tile=tile, overlap=overlap, batch_size=batch_size or 8, bands=parse_band_indices(bands),
-        probs=probs, vector=vector, simplify=simplify, min_area=min_area, overwrite=overwrite,
-        progress=sys.stderr.isatty())
+        probs=probs, vector=vector, simplify=simplify, min_area=min_area, overwrite=overwrite)
     scene_paths = collect_scenes(scenes, sys.stdin)
     predictor = BundlePredictor.from_checkpoint(model, resolve_device(device), tta=tta)
     results = []

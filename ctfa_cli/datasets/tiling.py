@@ -48,6 +48,7 @@ from ctfa_cli.datasets import datadir
 from ctfa_cli.datasets.scenes import RGB, SceneRecord
 from ctfa_cli.errors import CtfaError, CtfaUsageError
 from ctfa_cli.io import atomic_path
+from ctfa_cli.progress import progress_bar
 
 if TYPE_CHECKING:
     import geopandas
@@ -538,8 +539,7 @@ def build_datadir(scenes: list[SceneRecord], spec: DatasetSpec, out: Path, *,
     if todo:
         # until this run ends, the folder is an unfinished DATA_DIR that no later verb trusts
         (out / datadir.DATASET_YAML).unlink(missing_ok=True)
-    with _progress() as progress:
-        task = progress.add_task("tiling scenes", total=len(scenes), completed=reused_count)
+    with progress_bar("tiling scenes", len(scenes), completed=reused_count) as advance:
         args = [(r, spec, out, tile, stride, fingerprints[r.scene_id]) for r in todo]
         if workers > 0 and len(todo) > 1:
             # spawn: workers must not inherit the progress thread's locks from a fork
@@ -550,7 +550,7 @@ def build_datadir(scenes: list[SceneRecord], spec: DatasetSpec, out: Path, *,
                     for future in as_completed(futures):
                         result = future.result()
                         results[result["scene_id"]] = result
-                        progress.advance(task)
+                        advance()
                 except BaseException:
                     pool.shutdown(cancel_futures=True)
                     raise
@@ -558,7 +558,7 @@ def build_datadir(scenes: list[SceneRecord], spec: DatasetSpec, out: Path, *,
             for a in args:
                 result = _tile_scene(*a)
                 results[result["scene_id"]] = result
-                progress.advance(task)
+                advance()
 
     ordered = [results[s.scene_id] for s in scenes]
     for result in ordered:
@@ -580,21 +580,6 @@ def build_datadir(scenes: list[SceneRecord], spec: DatasetSpec, out: Path, *,
     _remove_stale_records(out, set(ids))
     datadir.write_dataset_yaml(out, meta)
     return summary
-
-
-def _progress():
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=Console(stderr=True),
-                    disable=not logging.getLogger("ctfa").isEnabledFor(logging.INFO))
 
 
 def _chips_frame(results: list[dict], spec: DatasetSpec) -> geopandas.GeoDataFrame:

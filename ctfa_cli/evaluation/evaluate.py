@@ -28,7 +28,6 @@ every image to the training crop size and the predictions back to the mask size.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from ctfa_cli.io import claim_folder
 from ctfa_cli.model.bundle import Bundle, load_bundle
 from ctfa_cli.objectives.cam import cam_to_label, multi_scale_cams
 from ctfa_cli.objectives.refine import pseudo_label_from_cams
+from ctfa_cli.progress import progress_bar
 from ctfa_cli.training.data import normalize
 
 log = logging.getLogger("ctfa.evaluation.evaluate")
@@ -196,7 +196,8 @@ def predict_chips(
         seg = BundlePredictor(Bundle(model=model, spec=spec, cfg=cfg), device, tta=tta)
     model.to(device).eval()
     try:
-        with _progress_bar(progress, f"{split}: {', '.join(targets)}", len(rows)) as advance:
+        with progress_bar(f"{split}: {', '.join(targets)}", len(rows), enabled=progress,
+                          transient=True) as advance:
             for batch in _same_size_batches(rows, batch_size):
                 chips = [_read(data, row) for row in batch]
                 yield from _predict_batch(model, spec, cfg, chips, targets, seg, device,
@@ -471,25 +472,3 @@ def _resize(x: Tensor, size: Sequence[int], mode: str = "bilinear") -> Tensor:
     if mode == "nearest":
         return F.interpolate(x, size=tuple(size), mode="nearest")
     return F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
-
-
-@contextlib.contextmanager
-def _progress_bar(enabled: bool, description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar over chips on stderr, only when stderr is a terminal."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    console = Console(stderr=True)
-    if not (enabled and console.is_terminal):
-        yield lambda n: None
-        return
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=console, transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.update(task, advance=n)

@@ -48,6 +48,7 @@ from ctfa_cli.inference.vector import VECTOR_DRIVERS, polygonize, vector_driver
 from ctfa_cli.inference.windows import BandAccumulator, GridWindow, WindowGrid, blend_weights
 from ctfa_cli.inference.writers import CLASS_NODATA, COGWriter, class_writer, probs_writer
 from ctfa_cli.io import check_writable
+from ctfa_cli.progress import progress_bar
 
 log = logging.getLogger("ctfa.inference.predict")
 
@@ -169,7 +170,7 @@ class PredictOptions:
         simplify: polygon simplification tolerance in CRS units (0: none).
         min_area: polygons below this area (CRS units squared) are dropped.
         overwrite: replace existing outputs.
-        progress: show a progress bar with pixels/s on stderr.
+        progress: show a progress bar with pixels/s (:func:`ctfa_cli.progress.progress_bar`).
         background_io: read and write in background threads (None: on CUDA only).
     """
 
@@ -295,7 +296,8 @@ def predict_scene(scene: Path, predictor: Predictor, out: Path, *,
         with class_writer(out, spec, **geo) as classes, \
                 _optional(probs_path and probs_writer(probs_path, spec, **geo)) as probs:
             with _Writer(lambda block: block.write(classes, probs), background) as writer, \
-                    _progress(options.progress, scene.name, grid.height * grid.width) as advance:
+                    progress_bar(scene.name, grid.height * grid.width, enabled=options.progress,
+                                 unit="px") as advance:
                 for row, probabilities, valid in sweep(reader, predictor, grid,
                                                        batch_size=options.batch_size,
                                                        background_io=background):
@@ -515,42 +517,6 @@ class _Writer:
         self._pending.append(self._executor.submit(self._write, block))
         while len(self._pending) > self._depth or (self._pending and self._pending[0].done()):
             self._pending.popleft().result()
-
-
-class _progress:
-    """Rich progress bar on stderr with pixels/s; ``with`` yields ``advance(pixels)``."""
-
-    def __init__(self, enabled: bool, name: str, total: int) -> None:
-        self._enabled, self._name, self._total = enabled, name, total
-        self._bar = None
-
-    def __enter__(self) -> Callable[[int], None]:
-        if not self._enabled:
-            return lambda pixels: None
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._bar = Progress(
-            TextColumn("{task.description}"), BarColumn(),
-            TextColumn("{task.percentage:>5.1f}%"),
-            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=False)
-        self._bar.__enter__()
-        task = self._bar.add_task(self._name, total=self._total, rate="")
-        started = time.perf_counter()
-        done = 0
-
-        def advance(pixels: int) -> None:
-            nonlocal done
-            done += pixels
-            rate = done / max(time.perf_counter() - started, 1e-9)
-            self._bar.update(task, advance=pixels, rate=f"{rate / 1e6:.2f} Mpx/s")
-
-        return advance
-
-    def __exit__(self, *exc) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
 
 
 def collect_scenes(items: Sequence[str], stdin: TextIO | None = None) -> list[Path]:

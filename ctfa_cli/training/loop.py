@@ -50,6 +50,7 @@ from ctfa_cli.inference.predict import resolve_device
 from ctfa_cli.io import atomic_path
 from ctfa_cli.model.bundle import load_bundle, save_bundle
 from ctfa_cli.model.network import CTFANetwork
+from ctfa_cli.progress import progress_bar
 from ctfa_cli.training.data import (
     STEP,
     StepBatchSampler,
@@ -238,7 +239,7 @@ def _train(data: DataDir, paths: _RunPaths, cfg: TrainConfig, model: CTFANetwork
     meter = _Meter(start)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                 if cfg.amp == "bf16" and proc.device.type == "cuda" else contextlib.nullcontext())
-    with _progress(proc.is_main, start, stop) as bar:
+    with progress_bar("train", stop, enabled=proc.is_main, completed=start) as advance:
         for step, batch in zip(range(start, stop), loader, strict=True):
             torch.manual_seed(derive_seed(cfg.seed, STEP, step, proc.rank))
             batch = {k: v.to(proc.device, non_blocking=True) for k, v in batch.items()}
@@ -265,7 +266,7 @@ def _train(data: DataDir, paths: _RunPaths, cfg: TrainConfig, model: CTFANetwork
                 log.warning("step %d skipped: non-finite loss or gradient (%d skipped so far)",
                             step + 1, state["skipped"])
             done = step + 1
-            bar.advance(meter.latest)
+            advance(status=_bar_status(meter.latest))
             if done % cfg.log_every == 0 or done == stop:
                 record = meter.flush(done, optimizer, cfg.batch_size * proc.world_size, state)
                 if proc.is_main:
@@ -501,37 +502,5 @@ def _format_record(record: dict[str, Any]) -> str:
             f"{record['img_per_s']:.1f} img/s · skipped {record['skipped']}")
 
 
-class _Bar:
-    """A rich progress bar on stderr (rank 0, terminal only) or nothing."""
-
-    def __init__(self, progress, task) -> None:
-        self.progress, self.task = progress, task
-
-    def advance(self, latest: dict[str, torch.Tensor]) -> None:
-        if self.progress is None:
-            return
-        terms = " ".join(f"{k} {float(latest[k]):.3f}" for k in BAR_TERMS if k in latest)
-        self.progress.update(self.task, advance=1, terms=terms)
-
-
-@contextlib.contextmanager
-def _progress(enabled: bool, start: int, stop: int) -> Iterator[_Bar]:
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    console = Console(stderr=True)
-    if not (enabled and console.is_terminal):
-        yield _Bar(None, None)  # plain log lines every log_every steps instead
-        return
-    with Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[terms]}"),
-                  console=console) as progress:
-        task = progress.add_task("train", total=stop, completed=start, terms="")
-        yield _Bar(progress, task)
+def _bar_status(latest: dict[str, torch.Tensor]) -> str:
+    return " ".join(f"{k} {float(latest[k]):.3f}" for k in BAR_TERMS if k in latest)
