@@ -13,7 +13,9 @@ Phases: ``cams`` (multi-scale + flip CAMs), ``crops`` (ROI mask and local crops)
 (encoder passes, heads, decoders, projections), each loss (``cls``, ``ctc``, ``ptc`` with its
 affinity mask, ``seg``, ``reg``, ``joint``), ``refine`` (pseudo label + PAR) and
 ``backward+step``. On CUDA every phase boundary synchronises, so the phases add up to the
-step time (which makes the total slightly slower than an unprofiled step).
+step time (which makes the total slightly slower than an unprofiled step). One more, untimed
+step counts the floating-point operations of each phase's matrix products, convolutions and
+attention, so the table also shows the rate each phase reaches (GFLOP/s).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from ctfa_cli.config import TrainConfig, parse_set_options, resolve_train_config
 from ctfa_cli.datasets.registry import get_spec
@@ -78,7 +81,10 @@ def run(cfg: TrainConfig, *, steps: int, warmup: int, device: str = "cpu",
 
     Returns:
         ``{"config": {...}, "device", "threads", "clock", "steps", "s_per_step",
-        "phases": {name: ms}}`` with the mean time of each phase per step.
+        "phases": {name: ms}, "gflop": {name: GFLOP}}``: the mean time of each phase per
+        step, and the floating-point operations of its matrix products, convolutions and
+        attention in one step (``torch.utils.flop_counter``; element-wise work is not
+        counted).
     """
     from ctfa_cli.model.network import CTFANetwork
     from ctfa_cli.training.optim import build_optimizer
@@ -94,9 +100,16 @@ def run(cfg: TrainConfig, *, steps: int, warmup: int, device: str = "cpu",
     params = [p for p in model.parameters() if p.requires_grad]
     generator = torch.Generator().manual_seed(cfg.seed)
     totals: dict[str, float] = defaultdict(float)
+    flops: dict[str, int] = defaultdict(int)
+    counting = False
 
     @contextlib.contextmanager
     def phase(name: str) -> Iterator[None]:
+        if counting:
+            with FlopCounterMode(display=False) as counter:
+                yield
+            flops[name] += counter.get_total_flops()
+            return
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         tic = now()
@@ -109,8 +122,10 @@ def run(cfg: TrainConfig, *, steps: int, warmup: int, device: str = "cpu",
     step_module.phase = phase
     first = cfg.seg_gate_iters + 1  # past the gate: every term is computed
     elapsed = 0.0
-    for i in range(warmup + steps):
-        timing = i >= warmup
+    # The timed steps, then one untimed step whose matrix products are counted.
+    for i in range(warmup + steps + 1):
+        timing = warmup <= i < warmup + steps
+        counting = i == warmup + steps
         batch = synthetic_batch(cfg, spec.num_cam_classes, generator, dev)
         tic = now()
         optimizer.zero_grad(set_to_none=True)
@@ -133,6 +148,8 @@ def run(cfg: TrainConfig, *, steps: int, warmup: int, device: str = "cpu",
         "s_per_step": elapsed / steps,
         "phases": {name: totals[name] / steps * 1000
                    for name in (*STEP_PHASES, "backward+step") if name in totals},
+        "gflop": {name: flops[name] / 1e9 for name in (*STEP_PHASES, "backward+step")
+                  if name in totals},
     }
 
 
@@ -171,9 +188,17 @@ def main(argv: list[str] | None = None) -> None:
     table.add_column("phase")
     table.add_column("ms / step", justify="right")
     table.add_column("share", justify="right")
+    table.add_column("GFLOP", justify="right")
+    table.add_column("GFLOP/s", justify="right")
+
+    def gflop_cells(gflop: float, ms: float) -> tuple[str, str]:
+        return (f"{gflop:.2f}", f"{gflop / ms * 1000:.0f}") if gflop >= 0.01 else ("", "")
+
     for name, ms in result["phases"].items():
-        table.add_row(name, f"{ms:.1f}", f"{ms / total_ms:.0%}")
-    table.add_row("total", f"{result['s_per_step'] * 1000:.1f}", "")
+        table.add_row(name, f"{ms:.1f}", f"{ms / total_ms:.0%}",
+                      *gflop_cells(result["gflop"][name], ms))
+    table.add_row("total", f"{result['s_per_step'] * 1000:.1f}", "",
+                  *gflop_cells(sum(result["gflop"].values()), total_ms))
     console.print(table)
     console.print(f"{result['s_per_step']:.3f} s/step; the official implementation: "
                     f"~{REFERENCE_S_PER_STEP} s/step on a 2-core CPU in the default "

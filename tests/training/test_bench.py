@@ -11,3 +11,8 @@ def test_bench_reports_every_phase():
     assert set(result["phases"]) == {*STEP_PHASES, "backward+step"}
     assert all(ms > 0 for ms in result["phases"].values())
     assert result["s_per_step"] > 0 and result["config"]["crop_size"] == 64
+    # The encoder passes and the backward pass do matrix products; the crops do none.
+    assert set(result["gflop"]) == set(result["phases"])
+    assert result["gflop"]["forward"] > 0 and result["gflop"]["cams"] > 0
+    assert result["gflop"]["backward+step"] > result["gflop"]["forward"] / 2
+    assert result["gflop"]["crops"] == 0
