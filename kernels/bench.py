@@ -12,7 +12,8 @@ The measuring helpers below are shared by those modules, so every row means the 
   in MiB: ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the running sum of the
   allocation and free events that ``torch.profiler`` (``profile_memory=True``) records
   from PyTorch's CPU allocator, so it counts tensor memory only, not Python objects or
-  allocator caching.
+  allocator caching (None for a row timing code outside PyTorch, such as the official C++
+  extension in ``kernels.bilateral.bench``).
 
 Without ``--json`` a table goes to stdout with, per row, the time and memory relative to
 the reference row of the same op and shape.
@@ -144,8 +145,8 @@ def collect(device: str, repeats: int, ops: list[Op], quick: bool = False) -> li
     return rows
 
 
-def _ratio_text(value: float, reference: float | None) -> str:
-    return "—" if reference is None or value == 0 else f"{reference / value:.2f}×"
+def _ratio_text(value: float | None, reference: float | None) -> str:
+    return "—" if reference is None or not value else f"{reference / value:.2f}×"
 
 
 def print_table(rows: list[dict]) -> None:
@@ -173,7 +174,7 @@ def print_table(rows: list[dict]) -> None:
             row["device"],
             str(row["shape"]),
             f"{row['ms']:.1f}",
-            f"{row['peak_mb']:.1f}",
+            "—" if row["peak_mb"] is None else f"{row['peak_mb']:.1f}",
             f"{row['speedup']:.2f}×" if row["speedup"] is not None else "—",
             _ratio_text(row["peak_mb"], ref["peak_mb"] if ref else None),
         )

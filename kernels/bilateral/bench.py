@@ -9,14 +9,21 @@ Rows, per device:
   reference ms / path ms. The lattice row compares an approximation with the exact sum.
 * ``SHAPE`` = 8×6×160×160, the training shape (half of a 320 crop). The float64 reference
   would need B·N² = 5.2 G weights here, so on CUDA the exact ``torch`` path is the comparison
-  point (``speedup`` = its ms / path ms). On CPU only the lattice runs (the exact sum takes
-  seconds per image there), with ``speedup`` None: the reference C++ extension, which is not
-  installable here, took ~70 ms for this batch on the 2-core CI box.
+  point (``speedup`` = its ms / path ms). On CPU the exact sum takes seconds per image, so the
+  comparison point is the official code's own compiled lattice when it is installed (the
+  ``bilateralfilter`` module that CTFA and ToCo users build by hand with SWIG): row
+  ``official-cpp``, timed on the same inputs in the same process through its Python API
+  (flat float32 arrays, output array allocated per call, as the official energy loss does),
+  ``speedup`` = its ms / path ms and ``peak_mb`` None (its memory is not PyTorch's to count).
+  Without it the lattice row has ``speedup`` None.
 
 ``triton`` rows appear on CUDA only (on CPU they would time Triton's interpreter).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from kernels.bench import peak_extra_mb, time_ms
 
@@ -104,8 +111,57 @@ def run(device: str, repeats: int, *, quick: bool = False) -> list[dict]:
         _speedups(group, baseline=group[0])
         rows += group
     else:
-        rows.append(measure("lattice", images, values, repeats))
+        group = [measure("lattice", images, values, repeats)]
+        official = official_extension()
+        if official is not None:
+            group.insert(0, official_row(official, images, values, repeats))
+            _speedups(group, baseline=group[0])
+        rows += group
     return rows
+
+
+def official_extension() -> Callable[..., Any] | None:
+    """``bilateralfilter_batch`` of the official code's compiled extension, or None.
+
+    The official code imports it as ``from bilateralfilter import bilateralfilter_batch``
+    (a SWIG module built from its ``wrapper/bilateralfilter``); it is not a dependency of ctfa.
+    """
+    try:
+        from bilateralfilter import bilateralfilter_batch
+    except ImportError:
+        return None
+    return bilateralfilter_batch
+
+
+def official_row(batch_filter: Callable[..., Any], images, values, repeats: int) -> dict:
+    """Time the official extension on CPU tensors ``[B, 3, H, W]`` and ``[B, K, H, W]``.
+
+    Called as the official energy loss calls it: ``batch_filter(images, values, out, B, K, H,
+    W, sigma_rgb, sigma_xy)`` with flat float32 arrays, ``out`` a new zeroed array per call.
+    """
+    import numpy as np
+
+    batch, channels, height, width = values.shape
+    flat_images = images.numpy().astype(np.float32).ravel()
+    flat_values = values.numpy().astype(np.float32).ravel()
+
+    def call():
+        out = np.zeros(flat_values.shape, dtype=np.float32)
+        batch_filter(
+            flat_images, flat_values, out, batch, channels, height, width, SIGMA_RGB, SIGMA_XY
+        )
+        return out
+
+    call()  # warm-up
+    return {
+        "op": "bilateral_filter",
+        "path": "official-cpp",
+        "device": "cpu",
+        "shape": "x".join(map(str, values.shape)),
+        "ms": time_ms(call, "cpu", repeats),
+        "peak_mb": None,
+        "speedup": None,
+    }
 
 
 def _speedups(group: list[dict], baseline: dict) -> None:

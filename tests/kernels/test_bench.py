@@ -92,3 +92,64 @@ def test_cli_usage_errors_exit_2(args, message, monkeypatch, capsys):
     out, err = capsys.readouterr()
     assert exit_info.value.code == 2 and out == ""
     assert message in err
+
+
+class _FakeOfficialExtension:
+    """Stands in for the official ``bilateralfilter`` SWIG module: records its calls and fills
+    ``outs`` with the lattice (which reproduces the extension bit for bit, see the parity tests).
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def bilateralfilter_batch(self, images, ins, outs, n, k, h, w, sigma_rgb, sigma_xy):
+        from kernels.bilateral.lattice import lattice_bilateral_filter
+
+        self.calls.append((images, ins, outs, n, k, h, w, sigma_rgb, sigma_xy))
+        filtered = lattice_bilateral_filter(
+            torch.from_numpy(images).view(n, 3, h, w), torch.from_numpy(ins).view(n, k, h, w),
+            sigma_rgb, sigma_xy,
+        )  # fmt: skip
+        outs[:] = filtered.numpy().ravel()
+
+
+def test_official_row_calls_the_extension_like_the_official_energy_loss():
+    from kernels.bilateral.bench import SIGMA_RGB, SIGMA_XY, official_row, synthetic_inputs
+
+    fake = _FakeOfficialExtension()
+    images, values = synthetic_inputs((2, 3, 9, 7), "cpu")
+    row = official_row(fake.bilateralfilter_batch, images, values, repeats=2)
+    assert set(row) == set(bench.ROW_KEYS)
+    assert row["path"] == "official-cpp" and row["shape"] == "2x3x9x7" and row["ms"] > 0
+    assert row["peak_mb"] is None  # memory outside PyTorch is not counted
+    assert len(fake.calls) == 3  # warm-up, then the timed calls
+    flat_images, flat_values, out, *dims = fake.calls[-1]
+    assert dims == [2, 3, 9, 7, SIGMA_RGB, SIGMA_XY]
+    for array, expected in ((flat_images, images), (flat_values, values), (out, values)):
+        assert array.dtype == "float32" and array.ndim == 1 and array.size == expected.numel()
+    assert torch.equal(torch.from_numpy(flat_images), images.flatten())
+    assert fake.calls[0][2] is not out  # a new output array per call, as the official code does
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_training_shape_row_compares_with_the_official_extension_when_installed(
+    installed, monkeypatch, capsys
+):
+    import kernels.bilateral.bench as bilateral_bench
+
+    fake = _FakeOfficialExtension()
+    monkeypatch.setitem(sys.modules, "bilateralfilter", fake if installed else None)
+    monkeypatch.setattr(bilateral_bench, "SHAPE", (2, 2, 11, 13))
+    monkeypatch.setattr(bilateral_bench, "REFERENCE_SHAPE", (1, 2, 6, 5))
+    rows = [row for row in bilateral_bench.run("cpu", 1) if row["shape"] == "2x2x11x13"]
+    if not installed:
+        assert [row["path"] for row in rows] == ["lattice"] and rows[0]["speedup"] is None
+        return
+    official, lattice = rows
+    assert (official["path"], lattice["path"]) == ("official-cpp", "lattice")
+    assert official["speedup"] == 1.0
+    assert lattice["speedup"] == pytest.approx(official["ms"] / lattice["ms"])
+    bench.print_table(rows)
+    official_line = next(line for line in capsys.readouterr().out.splitlines()
+                         if "official-cpp" in line)
+    assert "—" in official_line and "1.00×" in official_line  # no peak memory: a dash
