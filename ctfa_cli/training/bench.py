@@ -88,7 +88,7 @@ def run(cfg: TrainConfig, *, steps: int, warmup: int, device: str = "cpu",
     """
     from ctfa_cli.model.network import CTFANetwork
     from ctfa_cli.training.optim import build_optimizer
-    from ctfa_cli.training.step import CTFAStep
+    from ctfa_cli.training.step import CTFAStep, autocast
 
     now = time.perf_counter if clock == "wall" else time.process_time
     dev = torch.device(device)
@@ -129,7 +129,8 @@ def run(cfg: TrainConfig, *, steps: int, warmup: int, device: str = "cpu",
         batch = synthetic_batch(cfg, spec.num_cam_classes, generator, dev)
         tic = now()
         optimizer.zero_grad(set_to_none=True)
-        out = step_module(batch, first + i)
+        with autocast(cfg.amp, dev):
+            out = step_module(batch, first + i)
         with phase("backward+step"):
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -140,7 +141,7 @@ def run(cfg: TrainConfig, *, steps: int, warmup: int, device: str = "cpu",
     return {
         "config": {k: getattr(cfg, k) for k in ("backbone", "crop_size", "local_crop_size",
                                                 "num_local_crops", "batch_size",
-                                                "energy_filter")},
+                                                "energy_filter", "amp")},
         "device": str(dev),
         "threads": torch.get_num_threads(),
         "clock": clock,

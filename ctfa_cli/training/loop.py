@@ -59,7 +59,7 @@ from ctfa_cli.training.data import (
     validation_split,
 )
 from ctfa_cli.training.optim import build_optimizer
-from ctfa_cli.training.step import CTFAStep
+from ctfa_cli.training.step import CTFAStep, autocast
 
 log = logging.getLogger("ctfa.training.loop")
 
@@ -237,14 +237,12 @@ def _train(data: DataDir, paths: _RunPaths, cfg: TrainConfig, model: CTFANetwork
                  or "none (no val or test split with masks): best.pt will not be written")
 
     meter = _Meter(start)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                if cfg.amp == "bf16" and proc.device.type == "cuda" else contextlib.nullcontext())
     with progress_bar("train", stop, enabled=proc.is_main, completed=start) as advance:
         for step, batch in zip(range(start, stop), loader, strict=True):
             torch.manual_seed(derive_seed(cfg.seed, STEP, step, proc.rank))
             batch = {k: v.to(proc.device, non_blocking=True) for k, v in batch.items()}
             optimizer.zero_grad(set_to_none=True)
-            with autocast:
+            with autocast(cfg.amp, proc.device):
                 out = forward(batch, step)
             out.loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(
