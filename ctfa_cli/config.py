@@ -185,7 +185,7 @@ class TrainConfig(StrictModel):
     seed: int = 0
     device: str = "auto"
     # bf16: the step's forward under bfloat16 autocast, on CUDA and on CPU alike (faster on
-    # CPUs with native bfloat16, slower on others; see training.step.autocast).
+    # CPUs with native bfloat16, slower on others; see ctfa_cli.precision).
     amp: Literal["none", "bf16"] = "none"
 
     @model_validator(mode="after")

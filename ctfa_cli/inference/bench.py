@@ -1,7 +1,7 @@
 """Benchmark: whole-scene prediction versus the bare forward pass of the same windows.
 
 ``python -m ctfa_cli.inference.bench [--size PX] [--tile PX] [--batch-size N] [--device D]
-[--threads N] [--json]``
+[--amp none|bf16] [--threads N] [--json]``
 
 On one synthetic georeferenced scene (written to a temporary folder) and one
 ``vit_tiny_patch16_224`` CTFA network with random weights, in one process:
@@ -54,6 +54,7 @@ from ctfa_cli.inference.predict import (
     predict_scene,
     resolve_device,
 )
+from ctfa_cli.precision import AMP_MODES
 
 BACKBONE = "vit_tiny_patch16_224"
 
@@ -73,8 +74,11 @@ def synthetic_scene(path: Path, size: int, seed: int = 0) -> Path:
 
 
 def run(size: int = 1024, tile: int = 224, batch_size: int = 8, device: str = "auto",
-        repeats: int = 2) -> list[dict]:
-    """Measure the three configurations (best of ``repeats`` each); one row per configuration."""
+        repeats: int = 2, amp: str = "none") -> list[dict]:
+    """Measure the three configurations (best of ``repeats`` each); one row per configuration.
+
+    ``amp`` is the predictor's precision (``ctfa predict --amp``), used by all three.
+    """
     from ctfa_cli.model.network import CTFANetwork
 
     torch.manual_seed(0)
@@ -82,7 +86,7 @@ def run(size: int = 1024, tile: int = 224, batch_size: int = 8, device: str = "a
     cfg = TrainConfig(backbone=BACKBONE, pretrained=False)
     model = CTFANetwork.from_config(spec, cfg, pretrained=False)
     predictor = BundlePredictor(SimpleNamespace(model=model, spec=spec),
-                                resolve_device(device))
+                                resolve_device(device), amp=amp)
     options = PredictOptions(tile=tile, batch_size=batch_size, progress=False, overwrite=True)
     grid = options.grid(predictor, size, size)
     pixels = size * size
@@ -117,6 +121,7 @@ def _row(name, throughput, forward, size, grid, batch_size, predictor, **extra) 
     return {"config": name, "device": str(predictor.device), "threads": torch.get_num_threads(),
             "scene": f"{size}x{size}", "tile": grid.tile, "overlap": grid.overlap,
             "windows": len(grid), "batch": batch_size, "backbone": BACKBONE,
+            "amp": predictor.amp,
             "mpx_per_s": round(throughput / 1e6, 4), "ratio": round(throughput / forward, 3),
             **extra}
 
@@ -134,6 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tile", type=int, default=224, help="window size in pixels")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", default="none", choices=AMP_MODES,
+                        help="precision, as ctfa predict --amp")
     parser.add_argument("--repeats", type=int, default=2, help="runs per config (best kept)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice)")
@@ -141,17 +148,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = run(args.size, args.tile, args.batch_size, args.device, args.repeats)
+    rows = run(args.size, args.tile, args.batch_size, args.device, args.repeats, args.amp)
     if args.json:
         print(json.dumps(rows, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("config", "device", "threads", "scene", "tile/overlap", "windows", "Mpx/s",
-                  "ratio", title="ctfa predict throughput (scene pixels per second)")
+    table = Table("config", "device", "amp", "threads", "scene", "tile/overlap", "windows",
+                  "Mpx/s", "ratio", title="ctfa predict throughput (scene pixels per second)")
     for row in rows:
-        table.add_row(row["config"], row["device"], str(row["threads"]), row["scene"],
+        table.add_row(row["config"], row["device"], row["amp"], str(row["threads"]), row["scene"],
                       f"{row['tile']}/{row['overlap']}", str(row["windows"]),
                       f"{row['mpx_per_s']:.4f}", f"{row['ratio']:.3f}")
     Console().print(table)

@@ -48,6 +48,7 @@ from ctfa_cli.inference.vector import VECTOR_DRIVERS, polygonize, vector_driver
 from ctfa_cli.inference.windows import BandAccumulator, GridWindow, WindowGrid, blend_weights
 from ctfa_cli.inference.writers import CLASS_NODATA, COGWriter, class_writer, probs_writer
 from ctfa_cli.io import check_writable
+from ctfa_cli.precision import AMP_MODES, autocast
 from ctfa_cli.progress import progress_bar
 
 log = logging.getLogger("ctfa.inference.predict")
@@ -108,27 +109,36 @@ class BundlePredictor:
         tta: average the softmax over :data:`TTA_SCALES` × {identity, horizontal flip}; scaled
             inputs are resized bilinearly (to a multiple of the patch size) and their
             probabilities resized back.
+        amp: ``"bf16"`` runs the network under bfloat16 autocast (see
+            :func:`ctfa_cli.precision.autocast`); the softmax is taken in float32 either way.
+
+    Raises:
+        CtfaUsageError: an unknown ``amp``.
     """
 
-    def __init__(self, bundle: Any, device: torch.device | str = "cpu", *, tta: bool = False
-                 ) -> None:
+    def __init__(self, bundle: Any, device: torch.device | str = "cpu", *, tta: bool = False,
+                 amp: str = "none") -> None:
+        if amp not in AMP_MODES:
+            raise CtfaUsageError(f"unknown amp {amp!r}; choose one of {', '.join(AMP_MODES)}")
         self.spec: DatasetSpec = bundle.spec
         self.device = torch.device(device)
         self.model = bundle.model.to(self.device).eval()
         self.patch_size: int = self.model.encoder.patch_size[0]
         self.tta = tta
+        self.amp = amp
 
     @classmethod
     def from_checkpoint(cls, path: Path, device: torch.device | str = "cpu", *,
-                        tta: bool = False) -> BundlePredictor:
+                        tta: bool = False, amp: str = "none") -> BundlePredictor:
         """Load a bundle written by ``ctfa train``.
 
         Raises:
             CtfaError: missing, corrupt or foreign checkpoint.
+            CtfaUsageError: an unknown ``amp``.
         """
         from ctfa_cli.model.bundle import load_bundle
 
-        return cls(load_bundle(path, device), device, tta=tta)
+        return cls(load_bundle(path, device), device, tta=tta, amp=amp)
 
     @torch.inference_mode()
     def __call__(self, batch: Tensor) -> Tensor:
@@ -137,7 +147,7 @@ class BundlePredictor:
         size = batch.shape[-2:]
         batch = batch.to(self.device, non_blocking=True)
         if not self.tta:
-            return self.model.segment(batch).softmax(1)
+            return self._logits(batch).softmax(1)
         total: Tensor | float = 0.0
         for scale in TTA_SCALES:
             scaled_size = [max(1, round(n * scale / self.patch_size)) * self.patch_size
@@ -145,12 +155,17 @@ class BundlePredictor:
             scaled = batch if scale == 1 else F.interpolate(
                 batch, size=scaled_size, mode="bilinear", align_corners=False)
             for flip in (False, True):
-                logits = self.model.segment(scaled.flip(-1) if flip else scaled)
+                logits = self._logits(scaled.flip(-1) if flip else scaled)
                 probs = (logits.flip(-1) if flip else logits).softmax(1)
                 if scale != 1:
                     probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
                 total = total + probs
         return total / (2 * len(TTA_SCALES))
+
+    def _logits(self, batch: Tensor) -> Tensor:
+        """float32 segmentation logits of ``batch``, the network run under ``amp``."""
+        with autocast(self.amp, self.device):
+            return self.model.segment(batch).float()
 
 
 @dataclass(frozen=True)

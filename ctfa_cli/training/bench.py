@@ -89,8 +89,9 @@ def run(cfg: TrainConfig, *, steps: int, warmup: int, device: str = "cpu",
         counted).
     """
     from ctfa_cli.model.network import CTFANetwork
+    from ctfa_cli.precision import autocast
     from ctfa_cli.training.optim import build_optimizer
-    from ctfa_cli.training.step import CTFAStep, autocast
+    from ctfa_cli.training.step import CTFAStep
 
     now = time.perf_counter if clock == "wall" else time.process_time
     dev = torch.device(device)

@@ -50,6 +50,7 @@ from ctfa_cli.inference.predict import resolve_device
 from ctfa_cli.io import atomic_path
 from ctfa_cli.model.bundle import load_bundle, save_bundle
 from ctfa_cli.model.network import CTFANetwork
+from ctfa_cli.precision import autocast
 from ctfa_cli.progress import progress_bar
 from ctfa_cli.training.data import (
     STEP,
@@ -59,7 +60,7 @@ from ctfa_cli.training.data import (
     validation_split,
 )
 from ctfa_cli.training.optim import build_optimizer
-from ctfa_cli.training.step import CTFAStep, autocast
+from ctfa_cli.training.step import CTFAStep
 
 log = logging.getLogger("ctfa.training.loop")
 

@@ -75,21 +75,6 @@ class StepOutput:
     terms: dict[str, Tensor]
 
 
-def autocast(amp: str, device: torch.device) -> AbstractContextManager:
-    """The mixed-precision context the step's forward runs in.
-
-    ``amp="bf16"`` runs matrix products and convolutions in bfloat16 (``torch.autocast``) on
-    CUDA and on CPU alike; the losses that need it are computed in float32 (the CAMs, the
-    energy loss). On a CPU with native bfloat16 (AVX512-BF16 or AMX: AMD Zen 4, Intel Sapphire
-    Rapids and later) the step is faster (0.57 against 0.77 s in the training-step benchmark on
-    the 2-core development machine); on other CPUs PyTorch emulates bfloat16, which is slower
-    than float32. ``"none"``: float32.
-    """
-    if amp == "bf16" and device.type in ("cuda", "cpu"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def seg_terms_active(step: int, gate: int) -> bool:
     """Whether the seg/reg/joint terms count at 0-based step ``step``.
 

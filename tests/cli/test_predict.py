@@ -92,6 +92,20 @@ def test_tta_option(run_cli, bundle, tmp_path):
         assert (src.read(1) < SPEC.num_classes).all()
 
 
+def test_amp_option(run_cli, bundle, tmp_path):
+    scene = write_raster(tmp_path / "small.tif", smooth_image(40, 50), **GEO)
+    code, _, stderr = run_cli("predict", scene, "-m", bundle, "--out", tmp_path / "b.tif",
+                              "--tile", 64, "--amp", "bf16", "--device", "cpu")
+    assert code == 0, stderr
+    with rasterio.open(tmp_path / "b.tif") as src:
+        assert (src.width, src.height) == (50, 40)
+        assert (src.read(1) < SPEC.num_classes).all()
+    code, _, stderr = run_cli("predict", scene, "-m", bundle, "--out", tmp_path / "c.tif",
+                              "--amp", "fp16", "--device", "cpu")
+    assert code == 2 and "unknown amp 'fp16'; choose one of none, bf16" in stderr
+    assert "Traceback" not in stderr and not (tmp_path / "c.tif").exists()
+
+
 def test_each_torchrun_rank_takes_its_share(run_cli, bundle, scenes, tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")

@@ -336,3 +336,28 @@ def test_peak_memory_does_not_grow_with_scene_height(tmp_path):
     # Holding the scene's float32 probabilities would need C · ΔH · W · 4 bytes more (235 MB).
     full_scene_difference = classes * (tall - short) * width * 4
     assert tall_peak - short_peak < 0.25 * full_scene_difference, (short_peak, tall_peak)
+
+
+def test_bundle_predictor_under_bfloat16_autocast_stays_close_to_float32():
+    from types import SimpleNamespace
+
+    from ctfa_cli.errors import CtfaUsageError
+    from ctfa_cli.inference.predict import BundlePredictor
+    from ctfa_cli.model.network import CTFANetwork
+
+    torch.manual_seed(0)
+    model = CTFANetwork(SPEC.num_cam_classes, SPEC.num_classes, backbone="vit_tiny_patch16_224",
+                        proj_hidden_dim=32, proj_bottleneck_dim=16, proj_out_dim=32)
+    bundle = SimpleNamespace(model=model, spec=SPEC)
+    tiles = torch.randn(2, 3, 32, 48)
+    exact = BundlePredictor(bundle, "cpu")(tiles)
+    for tta in (False, True):
+        reduced = BundlePredictor(bundle, "cpu", tta=tta, amp="bf16")(tiles)
+        assert reduced.dtype == torch.float32 and reduced.shape == exact.shape
+        torch.testing.assert_close(reduced.sum(1), torch.ones(2, 32, 48))
+    reduced = BundlePredictor(bundle, "cpu", amp="bf16")(tiles)
+    # bfloat16 keeps about 3 significant digits: probabilities move by a few hundredths.
+    assert (reduced - exact).abs().max() < 0.05
+    assert not torch.equal(reduced, exact)  # the network did run in bfloat16
+    with pytest.raises(CtfaUsageError, match="unknown amp 'fp16'; choose one of none, bf16"):
+        BundlePredictor(bundle, "cpu", amp="fp16")
