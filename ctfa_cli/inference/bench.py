@@ -16,20 +16,20 @@ Throughput is scene pixels per second; ``ratio`` is a pipeline's throughput over
 forward's (target: >= 0.8 on CPU). Timings follow a warm-up forward pass; each configuration
 runs ``--repeats`` times and keeps its best.
 
-Measured (``--size 1024 --threads 2``, defaults otherwise: tile 224, overlap 56, 36 windows,
-batch 8) on the 2-core CPU development box, shared with other jobs (load average ≈ 6, so the
-absolute numbers are pessimistic and noisy):
+Measured on the 2-core CPU development box, nothing else running (``--size 2048 --threads
+2``, tile 224, overlap 56, 144 windows, batch 8; docs/performance.md has both precisions):
 
 =================  ========  =====
 config             Mpx/s     ratio
 =================  ========  =====
-forward            0.0602    1.000
-predict            0.0536    0.890
-predict + vector   0.0497    0.826  (1050 polygons)
+forward            1.32      1.000
+predict            1.17      0.89
+predict + vector   0.95      0.72  (about 4 050 polygons)
 =================  ========  =====
 
-No GPU figures yet: the background reader/writer threads used on CUDA are exercised on CPU
-by the tests only.
+With ``--amp bf16`` (native bfloat16 on that CPU) predict reached 1.62-1.74 Mpx/s. No GPU
+figures yet: the background reader/writer threads used on CUDA are exercised on CPU by the
+tests only.
 """
 
 from __future__ import annotations
