@@ -8,6 +8,8 @@ from contextlib import AbstractContextManager
 
 import torch
 
+from ctfa_cli.errors import CtfaUsageError
+
 #: Values of ``amp``: ``none`` (float32) or ``bf16`` (bfloat16 autocast).
 AMP_MODES = ("none", "bf16")
 
@@ -27,10 +29,20 @@ def autocast(amp: str, device: torch.device) -> AbstractContextManager:
         device: where the forward runs; autocast applies to ``cuda`` and ``cpu`` devices.
 
     Raises:
-        ValueError: an unknown ``amp``.
+        CtfaUsageError: an unknown ``amp`` (see :func:`check_amp`).
     """
-    if amp not in AMP_MODES:
-        raise ValueError(f"amp must be one of {AMP_MODES}, not {amp!r}")
+    check_amp(amp)
     if amp == "bf16" and device.type in ("cuda", "cpu"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def check_amp(amp: str) -> str:
+    """Return ``amp`` if it is one of :data:`AMP_MODES`.
+
+    Raises:
+        CtfaUsageError: an unknown value (the verbs' ``--amp``).
+    """
+    if amp not in AMP_MODES:
+        raise CtfaUsageError(f"unknown amp {amp!r}; choose one of {', '.join(AMP_MODES)}")
+    return amp

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ctfa_cli.precision import autocast
+from ctfa_cli.errors import CtfaUsageError
+from ctfa_cli.precision import autocast, check_amp
 
 
 def test_bf16_runs_matrix_products_in_bfloat16_on_cpu_and_none_in_float32():
@@ -18,5 +19,7 @@ def test_bf16_runs_matrix_products_in_bfloat16_on_cpu_and_none_in_float32():
 
 
 def test_unknown_mode_is_refused():
-    with pytest.raises(ValueError, match="amp must be one of"):
-        autocast("fp16", torch.device("cpu"))
+    assert check_amp("bf16") == "bf16"
+    for call in (lambda: check_amp("fp16"), lambda: autocast("fp16", torch.device("cpu"))):
+        with pytest.raises(CtfaUsageError, match="unknown amp 'fp16'; choose one of none, bf16"):
+            call()

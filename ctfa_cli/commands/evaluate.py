@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ctfa_cli.options import (
+    AmpOpt,
     BatchSizeOpt,
     DataDirOpt,
     DeviceOpt,
@@ -39,6 +40,7 @@ def evaluate(
     overwrite: OverwriteOpt = False,
     device: DeviceOpt = "auto",
     batch_size: BatchSizeOpt = None,
+    amp: AmpOpt = "none",
 ) -> None:
     """Score a checkpoint on a split of DATA_DIR: a metrics table (or JSON) on stdout, a
     confusion-matrix PNG and overlay PNGs in the output folder."""
@@ -48,11 +50,13 @@ def evaluate(
     from ctfa_cli.evaluation.report import metrics_table
 
     result = evaluate_checkpoint(model, data, split=split, target=target, tta=tta, out=out,
-                                 overwrite=overwrite, device=device, batch_size=batch_size or 8)
+                                 overwrite=overwrite, device=device, batch_size=batch_size or 8,
+                                 amp=amp)
     if json_:
         typer.echo(json.dumps(result.to_json(), indent=1))
         return
-    title = f"{result.target}{' (TTA)' if tta else ''} on {result.split} · {result.data}"
+    title = (f"{result.target}{' (TTA)' if tta else ''}{' (bf16)' if amp == 'bf16' else ''} "
+             f"on {result.split} · {result.data}")
     console = Console()
     console.print(metrics_table(result.metrics, result.spec.classes, title=title))
     console.print(f"PNGs and metrics.json in {result.out}", highlight=False)

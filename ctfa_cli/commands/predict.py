@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from ctfa_cli.options import (
+    AmpOpt,
     BandsOpt,
     BatchSizeOpt,
     DeviceOpt,
@@ -51,11 +52,6 @@ SimplifyOpt = Annotated[
     float, typer.Option("--simplify", min=0, help="Polygon simplification tolerance in CRS "
                                                   "units (0: none); neighbouring polygons "
                                                   "keep their shared edges.")
-]
-AmpOpt = Annotated[
-    str, typer.Option("--amp", help="none (float32) or bf16 (bfloat16 autocast: faster on GPUs "
-                                    "and on CPUs with native bfloat16, e.g. AVX512-BF16; "
-                                    "results differ slightly from float32).")
 ]
 MinAreaOpt = Annotated[
     float, typer.Option("--min-area", min=0, help="Drop polygons smaller than this, in CRS "

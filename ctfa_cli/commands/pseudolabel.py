@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ctfa_cli.options import (
+    AmpOpt,
     BatchSizeOpt,
     DataDirOpt,
     DeviceOpt,
@@ -32,6 +33,7 @@ def pseudolabel(
     overwrite: OverwriteOpt = False,
     device: DeviceOpt = "auto",
     batch_size: BatchSizeOpt = None,
+    amp: AmpOpt = "none",
 ) -> None:
     """Write the refined pseudo label of every chip of a split, and report their quality."""
     from rich.console import Console
@@ -47,7 +49,7 @@ def pseudolabel(
     bundle = load_bundle(model, resolved)
     report = write_pseudo_labels(bundle.model, bundle.spec, bundle.cfg, data_dir, split, out,
                                  overwrite=overwrite, device=resolved,
-                                 batch_size=batch_size or 8, model_path=model)
+                                 batch_size=batch_size or 8, model_path=model, amp=amp)
     summary = report.to_json()
     if json_:
         typer.echo(json.dumps(summary, indent=1))

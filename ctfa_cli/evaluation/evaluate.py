@@ -50,6 +50,7 @@ from ctfa_cli.io import claim_folder
 from ctfa_cli.model.bundle import Bundle, load_bundle
 from ctfa_cli.objectives.cam import cam_to_label, multi_scale_cams
 from ctfa_cli.objectives.refine import pseudo_label_from_cams
+from ctfa_cli.precision import autocast, check_amp
 from ctfa_cli.progress import progress_bar
 from ctfa_cli.training.data import normalize
 
@@ -151,6 +152,7 @@ def predict_chips(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = False,
+    amp: str = "none",
 ) -> Iterator[ChipPrediction]:
     """Run the model over the chips of a split, one :class:`ChipPrediction` per chip.
 
@@ -176,6 +178,9 @@ def predict_chips(
         rank: this process' share is every ``world_size``-th chip starting at ``rank``.
         world_size: number of processes sharing the split.
         progress: show a progress bar on stderr (only when it is a terminal).
+        amp: run the network under bfloat16 autocast (``"bf16"``, see
+            :func:`ctfa_cli.precision.autocast`) or in float32 (``"none"``); CAMs and
+            probabilities are float32 either way.
 
     Yields:
         :class:`ChipPrediction`, in split order (of this rank's share).
@@ -183,9 +188,10 @@ def predict_chips(
     Raises:
         CtfaError: the split is empty, a chip is unreadable, or the model does not fit
             DATA_DIR (see :func:`check_model_fits`).
-        CtfaUsageError: an unknown target.
+        CtfaUsageError: an unknown target or ``amp``.
     """
     targets = check_targets(targets)
+    check_amp(amp)
     check_model_fits(spec, data)
     rows = data.split(split)
     rows = rows.drop(columns=rows.geometry.name).to_dict("records")[rank::world_size]
@@ -193,7 +199,7 @@ def predict_chips(
     was_training = model.training
     seg = None
     if "seg" in targets:
-        seg = BundlePredictor(Bundle(model=model, spec=spec, cfg=cfg), device, tta=tta)
+        seg = BundlePredictor(Bundle(model=model, spec=spec, cfg=cfg), device, tta=tta, amp=amp)
     model.to(device).eval()
     try:
         with progress_bar(f"{split}: {', '.join(targets)}", len(rows), enabled=progress,
@@ -201,7 +207,7 @@ def predict_chips(
             for batch in _same_size_batches(rows, batch_size):
                 chips = [_read(data, row) for row in batch]
                 yield from _predict_batch(model, spec, cfg, chips, targets, seg, device,
-                                          input_size, keep_cams)
+                                          input_size, keep_cams, amp)
                 advance(len(batch))
     finally:
         model.train(was_training)
@@ -221,6 +227,7 @@ def evaluate_split(
     progress: bool = True,
     input_size: int | None = None,
     on_chip: Callable[[ChipPrediction], None] | None = None,
+    amp: str = "none",
 ) -> dict[str, dict]:
     """Metrics of each target on a split, from one confusion matrix per target.
 
@@ -229,7 +236,7 @@ def evaluate_split(
     this**; all ranks return the same metrics.
 
     Args:
-        model, spec, cfg, data, split, targets, tta, device, batch_size, input_size: see
+        model, spec, cfg, data, split, targets, tta, device, batch_size, input_size, amp: see
             :func:`predict_chips`.
         progress: show a progress bar on stderr (rank 0, terminal only).
         on_chip: called with every :class:`ChipPrediction` of this rank (e.g. to keep a few
@@ -244,7 +251,7 @@ def evaluate_split(
 
     Raises:
         CtfaError: a chip of the split has no mask, or see :func:`predict_chips`.
-        CtfaUsageError: an unknown target.
+        CtfaUsageError: an unknown target or ``amp``.
     """
     targets = check_targets(targets)
     rows = data.split(split)
@@ -257,7 +264,8 @@ def evaluate_split(
     matrices = {t: ConfusionMatrix(spec.num_classes, spec.ignore_index) for t in targets}
     chips = predict_chips(model, spec, cfg, data, split, targets=targets, tta=tta,
                           device=device, batch_size=batch_size, input_size=input_size,
-                          rank=rank, world_size=world_size, progress=progress and rank == 0)
+                          rank=rank, world_size=world_size, progress=progress and rank == 0,
+                          amp=amp)
     for chip in chips:
         mask = torch.from_numpy(chip.mask)
         for target in targets:
@@ -283,6 +291,7 @@ class EvaluationReport:
         split: the split evaluated.
         target: the target evaluated.
         tta: whether test-time augmentation was used.
+        amp: the precision the network ran in (``none`` or ``bf16``).
         spec: the dataset spec (class names, palette).
         metrics: the target's metrics (see :func:`evaluate_split`).
         out: the folder holding ``metrics.json``, ``confusion.png`` and ``overlays/``.
@@ -294,6 +303,7 @@ class EvaluationReport:
     split: str
     target: str
     tta: bool
+    amp: str
     spec: DatasetSpec
     metrics: dict
     out: Path
@@ -303,7 +313,8 @@ class EvaluationReport:
         """JSON-ready summary (NaN written as null)."""
         return report.jsonable({
             "model": str(self.model), "data": str(self.data), "split": self.split,
-            "target": self.target, "tta": self.tta, "classes": list(self.spec.classes),
+            "target": self.target, "tta": self.tta, "amp": self.amp,
+            "classes": list(self.spec.classes),
             "metrics": self.metrics, "out": str(self.out),
             "files": [str(p) for p in self.files],
         })
@@ -331,6 +342,7 @@ def evaluate_checkpoint(
     batch_size: int = 8,
     num_overlays: int = NUM_OVERLAYS,
     progress: bool = True,
+    amp: str = "none",
 ) -> EvaluationReport:
     """``ctfa evaluate``: score a checkpoint on a split and write the report files.
 
@@ -343,9 +355,11 @@ def evaluate_checkpoint(
     Raises:
         CtfaError: DATA_DIR or checkpoint missing or invalid, a class-count mismatch, a split
             without masks, or ``out`` not empty without ``overwrite``.
-        CtfaUsageError: unknown target or device, or ``tta`` with another target than ``seg``.
+        CtfaUsageError: unknown target, device or ``amp``, or ``tta`` with another target than
+            ``seg``.
     """
     (target,) = check_targets([target])
+    check_amp(amp)
     if tta and target != "seg":
         raise CtfaUsageError(f"--tta applies to --target seg only; the {target} target always "
                              "uses multi-scale + flip CAMs (cam_scales of the checkpoint)")
@@ -366,14 +380,16 @@ def evaluate_checkpoint(
             kept.append(chip)
         seen += 1
 
-    log.info("evaluating %s on %s split %s: target %s%s on %s", model_path, data.root, split,
-             target, " with TTA" if tta else "", resolved)
+    log.info("evaluating %s on %s split %s: target %s%s on %s%s", model_path, data.root, split,
+             target, " with TTA" if tta else "", resolved, " in bfloat16" if amp == "bf16" else "")
     metrics = evaluate_split(bundle.model, bundle.spec, bundle.cfg, data, split,
                              targets=(target,), tta=tta, device=resolved,
-                             batch_size=batch_size, progress=progress, on_chip=keep_some)[target]
+                             batch_size=batch_size, progress=progress, on_chip=keep_some,
+                             amp=amp)[target]
     files = [out / METRICS_JSON, out / CONFUSION_PNG]
     result = EvaluationReport(model=Path(model_path), data=data.root, split=split, target=target,
-                              tta=tta, spec=bundle.spec, metrics=metrics, out=out, files=files)
+                              tta=tta, amp=amp, spec=bundle.spec, metrics=metrics, out=out,
+                              files=files)
     report.write_confusion_png(files[1], metrics, bundle.spec.classes)
     for chip in kept:
         path = out / OVERLAYS_DIR / f"{chip.chip_id}.png"
@@ -419,7 +435,7 @@ def _read(data: DataDir, row: dict) -> ChipPrediction:
 @torch.no_grad()
 def _predict_batch(model, spec: DatasetSpec, cfg: TrainConfig, chips: list[ChipPrediction],
                    targets: tuple[str, ...], seg, device: torch.device, input_size: int | None,
-                   keep_cams: bool) -> list[ChipPrediction]:
+                   keep_cams: bool, amp: str) -> list[ChipPrediction]:
     """Fill ``predictions`` (and ``cams``) of a batch of same-size chips."""
     size = chips[0].image.shape[-2:]
     images = torch.stack([normalize(torch.from_numpy(c.image), spec) for c in chips]).to(device)
@@ -431,9 +447,9 @@ def _predict_batch(model, spec: DatasetSpec, cfg: TrainConfig, chips: list[ChipP
         outputs["seg"] = _resize(seg(images), size).argmax(dim=1)
     if keep_cams or any(t in CAM_TARGETS for t in targets):
         labels = torch.from_numpy(np.stack([c.labels for c in chips])).to(device)
-        cams = dict(zip(("cam", "aux_cam"),
-                        (c.float() for c in multi_scale_cams(model, images, cfg.cam_scales)),
-                        strict=True))
+        with autocast(amp, device):
+            raw = multi_scale_cams(model, images, cfg.cam_scales)
+        cams = dict(zip(("cam", "aux_cam"), (c.float() for c in raw), strict=True))
         for name in ("cam", "aux_cam"):
             if name in targets:
                 outputs[name] = _cam_labels(_resize(cams[name], size), labels, spec, cfg)

@@ -56,6 +56,7 @@ from ctfa_cli.evaluation.evaluate import check_model_fits, predict_chips
 from ctfa_cli.evaluation.metrics import ConfusionMatrix
 from ctfa_cli.evaluation.report import jsonable
 from ctfa_cli.io import atomic_path, claim_folder
+from ctfa_cli.precision import check_amp
 
 log = logging.getLogger("ctfa.evaluation.pseudolabel")
 
@@ -71,6 +72,7 @@ class PseudoLabelReport:
         out: the output folder (a DATA_DIR).
         data: the source DATA_DIR.
         split: the split labelled.
+        amp: the precision the network ran in (``none`` or ``bf16``).
         chips: chips written.
         pixels: pixels written.
         ignored_pixels: pixels left undecided (``ignore_index``).
@@ -83,6 +85,7 @@ class PseudoLabelReport:
     out: Path
     data: Path
     split: str
+    amp: str
     chips: int
     pixels: int
     ignored_pixels: int
@@ -100,8 +103,8 @@ class PseudoLabelReport:
         total = max(self.pixels, 1)
         return jsonable({
             "out": str(self.out), "data": str(self.data), "split": self.split,
-            "chips": self.chips, "pixels": self.pixels, "ignored_pixels": self.ignored_pixels,
-            "ignored_share": self.ignored_share,
+            "amp": self.amp, "chips": self.chips, "pixels": self.pixels,
+            "ignored_pixels": self.ignored_pixels, "ignored_share": self.ignored_share,
             "class_share": [n / total for n in self.class_pixels],
             "chips_with_masks": self.chips_with_masks, "metrics": self.metrics,
         })
@@ -120,6 +123,7 @@ def write_pseudo_labels(
     batch_size: int = 8,
     progress: bool = True,
     model_path: Path | None = None,
+    amp: str = "none",
 ) -> PseudoLabelReport:
     """Write the refined pseudo label of every chip of ``split`` into the DATA_DIR ``out``.
 
@@ -138,6 +142,8 @@ def write_pseudo_labels(
         batch_size: chips per forward pass.
         progress: show a progress bar on stderr (terminal only).
         model_path: the checkpoint, recorded in ``dataset.yaml`` when given.
+        amp: ``"bf16"`` runs the network under bfloat16 autocast (recorded in ``dataset.yaml``
+            and the report); ``"none"``: float32.
 
     Returns:
         The :class:`PseudoLabelReport` (also written as ``report.json``).
@@ -145,7 +151,9 @@ def write_pseudo_labels(
     Raises:
         CtfaError: the split is empty, a chip is unreadable, the model does not fit DATA_DIR,
             or ``out`` is not empty (without ``overwrite``) or is DATA_DIR itself.
+        CtfaUsageError: an unknown ``amp``.
     """
+    check_amp(amp)
     out = Path(out)
     check_model_fits(spec, data, model_path)
     rows = data.split(split)
@@ -157,7 +165,7 @@ def write_pseudo_labels(
     log.info("writing pseudo labels of %s split %s (%d chips) to %s", data.root, split,
              len(rows), out)
     for chip in predict_chips(model, spec, cfg, data, split, targets=("pseudo",),
-                              device=device, batch_size=batch_size, progress=progress):
+                              device=device, batch_size=batch_size, progress=progress, amp=amp):
         label = chip.predictions["pseudo"]
         relative = chip_relpaths(split, chip.chip_id)[1]
         _write_label(out / relative, label, data.image_path(chip.row), spec)
@@ -173,13 +181,13 @@ def write_pseudo_labels(
     if scored:
         metrics = {**matrix.compute(), "confusion": matrix.matrix.tolist(),
                    "undecided": matrix.undecided.tolist()}
-    report = PseudoLabelReport(out=out, data=data.root, split=split, chips=len(masks),
+    report = PseudoLabelReport(out=out, data=data.root, split=split, amp=amp, chips=len(masks),
                                pixels=pixels, ignored_pixels=ignored,
                                class_pixels=class_pixels.tolist(), chips_with_masks=scored,
                                metrics=metrics)
     write_json(out / REPORT_JSON, report.to_json())
     write_chips_index(out, _index(data, rows, out, masks))
-    write_dataset_yaml(out, _description(data, spec, cfg, split, len(masks), model_path))
+    write_dataset_yaml(out, _description(data, spec, cfg, split, len(masks), model_path, amp))
     log.info("%d pseudo labels written to %s; %.1f %% of the pixels ignored", len(masks), out,
              100 * report.ignored_share)
     return report
@@ -222,7 +230,7 @@ def _relative(path: Path, start: Path) -> str:
 
 
 def _description(data: DataDir, spec: DatasetSpec, cfg: TrainConfig, split: str, chips: int,
-                 model_path: Path | None) -> dict[str, Any]:
+                 model_path: Path | None, amp: str) -> dict[str, Any]:
     """``dataset.yaml`` body: DATA_DIR's spec and imagery facts, and where the labels come
     from. DATA_DIR's per-split statistics and whole scenes stay with DATA_DIR."""
     imagery = {k: data.meta[k] for k in ("tile_size", "stride", "crs", "statistics")
@@ -246,5 +254,6 @@ def _description(data: DataDir, spec: DatasetSpec, cfg: TrainConfig, split: str,
             "low_thre": cfg.low_thre,
             "par_dilations": list(cfg.par_dilations),
             "par_iters": cfg.par_iters,
+            "amp": amp,
         },
     }

@@ -48,7 +48,7 @@ from ctfa_cli.inference.vector import VECTOR_DRIVERS, polygonize, vector_driver
 from ctfa_cli.inference.windows import BandAccumulator, GridWindow, WindowGrid, blend_weights
 from ctfa_cli.inference.writers import CLASS_NODATA, COGWriter, class_writer, probs_writer
 from ctfa_cli.io import check_writable
-from ctfa_cli.precision import AMP_MODES, autocast
+from ctfa_cli.precision import autocast, check_amp
 from ctfa_cli.progress import progress_bar
 
 log = logging.getLogger("ctfa.inference.predict")
@@ -118,14 +118,12 @@ class BundlePredictor:
 
     def __init__(self, bundle: Any, device: torch.device | str = "cpu", *, tta: bool = False,
                  amp: str = "none") -> None:
-        if amp not in AMP_MODES:
-            raise CtfaUsageError(f"unknown amp {amp!r}; choose one of {', '.join(AMP_MODES)}")
+        self.amp = check_amp(amp)
         self.spec: DatasetSpec = bundle.spec
         self.device = torch.device(device)
         self.model = bundle.model.to(self.device).eval()
         self.patch_size: int = self.model.encoder.patch_size[0]
         self.tta = tta
-        self.amp = amp
 
     @classmethod
     def from_checkpoint(cls, path: Path, device: torch.device | str = "cpu", *,

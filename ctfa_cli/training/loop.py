@@ -297,7 +297,7 @@ def _evaluate_and_save(model: CTFANetwork, data: DataDir, cfg: TrainConfig, opti
         metrics = evaluate_split(model, data.spec, cfg, data, val_split,
                                  targets=("cam", "aux_cam", "seg"), device=proc.device,
                                  batch_size=cfg.batch_size, progress=False,
-                                 input_size=cfg.crop_size)
+                                 input_size=cfg.crop_size, amp=cfg.amp)
         seg_miou = metrics["seg"]["miou"]
         improved = state["best_miou"] is None or seg_miou > state["best_miou"]
         if improved:

@@ -28,7 +28,8 @@ def test_json_report_and_files_next_to_the_run(run_cli, checkpoint, datadir):
     code, out, err = run_cli("evaluate", "--model", checkpoint, "--data", datadir, "--json")
     assert code == 0, err
     report = json.loads(out)
-    assert (report["split"], report["target"], report["tta"]) == ("test", "seg", False)
+    assert (report["split"], report["target"], report["tta"], report["amp"]) == \
+        ("test", "seg", False, "none")
     metrics = report["metrics"]
     assert set(metrics) >= {"miou", "mf1", "oa", "kappa", "iou", "precision", "recall", "f1"}
     assert len(metrics["iou"]) == len(report["classes"]) == 6
@@ -52,8 +53,21 @@ def test_table_for_cam_target_into_a_chosen_folder(run_cli, checkpoint, datadir,
     assert (tmp_path / "e" / "confusion.png").is_file()
 
 
+def test_bfloat16_scores_stay_close_to_float32(run_cli, checkpoint, datadir, tmp_path):
+    scores = {}
+    for amp in ("none", "bf16"):
+        code, out, err = run_cli("evaluate", "-m", checkpoint, "-d", datadir, "--target",
+                                 "pseudo", "--amp", amp, "--out", tmp_path / amp, "--json")
+        assert code == 0, err
+        report = json.loads(out)
+        assert report["amp"] == amp
+        scores[amp] = report["metrics"]["oa"]
+    # bfloat16 CAMs move a few pixels across the thresholds, not the picture.
+    assert scores["bf16"] == pytest.approx(scores["none"], abs=0.05)
+
+
 @pytest.mark.parametrize("case", ["missing data", "missing model", "class count", "target",
-                                  "tta"])
+                                  "tta", "amp"])
 def test_bad_inputs_end_with_one_line(run_cli, tmp_path_factory, checkpoint, datadir, tmp_path,
                                       case):
     model, data, extra, code_expected = checkpoint, datadir, [], 1
@@ -65,6 +79,8 @@ def test_bad_inputs_end_with_one_line(run_cli, tmp_path_factory, checkpoint, dat
         model = tiny_bundle(tmp_path_factory, datadir, "other")
     elif case == "target":
         extra, code_expected = ["--target", "crf"], 2
+    elif case == "amp":
+        extra, code_expected = ["--amp", "fp16"], 2
     else:
         extra, code_expected = ["--target", "cam", "--tta"], 2
     code, out, err = run_cli("evaluate", "-m", model, "-d", data, "--out", tmp_path / "e",
@@ -74,7 +90,8 @@ def test_bad_inputs_end_with_one_line(run_cli, tmp_path_factory, checkpoint, dat
     assert len(message) == 1 and "Traceback" not in err
     expected = {"missing data": str(data), "missing model": str(model),
                 "class count": "has 4 classes (other) but DATA_DIR", "target": "'crf'",
-                "tta": "--tta applies to --target seg"}[case]
+                "tta": "--tta applies to --target seg",
+                "amp": "unknown amp 'fp16'; choose one of none, bf16"}[case]
     assert expected in message[0]
     if case == "class count":
         assert "has 6 (synthetic)" in message[0]
