@@ -448,8 +448,8 @@ def _predict_batch(model, spec: DatasetSpec, cfg: TrainConfig, chips: list[ChipP
     if keep_cams or any(t in CAM_TARGETS for t in targets):
         labels = torch.from_numpy(np.stack([c.labels for c in chips])).to(device)
         with autocast(amp, device):
-            raw = multi_scale_cams(model, images, cfg.cam_scales)
-        cams = dict(zip(("cam", "aux_cam"), (c.float() for c in raw), strict=True))
+            cams = dict(zip(("cam", "aux_cam"), multi_scale_cams(model, images, cfg.cam_scales),
+                            strict=True))
         for name in ("cam", "aux_cam"):
             if name in targets:
                 outputs[name] = _cam_labels(_resize(cams[name], size), labels, spec, cfg)

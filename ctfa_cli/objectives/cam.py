@@ -66,7 +66,7 @@ def multi_scale_cams(
             inputs (the flips and the other scales).
 
     Returns:
-        ``(cam, aux_cam)``, each ``[B, Cc, H, W]`` in ``[0, 1)``, without gradient.
+        ``(cam, aux_cam)``, each ``[B, Cc, H, W]`` float32 in ``[0, 1)``, without gradient.
     """
     b, _, h, w = images.shape
     sizes = [(h, w)] + [(int(s * h), int(s * w)) for s in scales if s != 1.0]
@@ -83,7 +83,10 @@ def multi_scale_cams(
             else:
                 raws = model.cams(torch.cat([x, x.flip(-1)], dim=0) if flip else x)
             for which, raw in enumerate(raws):
-                up = F.interpolate(raw, size=(h, w), mode="bilinear", align_corners=False)
+                # float32 from here on, also under bfloat16 autocast: the maps are summed,
+                # normalised and thresholded.
+                up = F.interpolate(raw.float(), size=(h, w), mode="bilinear",
+                                   align_corners=False)
                 if flip:
                     up = torch.max(up[:b], up[b:].flip(-1))
                 up = F.relu(up)

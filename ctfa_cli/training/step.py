@@ -132,8 +132,7 @@ class CTFAStep(nn.Module):
             # pass adds the flips and the other scales.
             with torch.no_grad():
                 plain = (net.classifier.cam(feats.final), net.aux_classifier.cam(feats.aux))
-            cam, aux_cam = (c.float() for c in multi_scale_cams(net, images, cfg.cam_scales,
-                                                                 plain=plain))
+            cam, aux_cam = multi_scale_cams(net, images, cfg.cam_scales, plain=plain)
         with self._phase("crops"):
             if cfg.num_local_crops:
                 roi = roi_mask(aux_cam, labels, cfg.high_thre, cfg.low_thre)
