@@ -1,5 +1,5 @@
-"""Mixed precision: the one switch shared by training (``amp`` in the config) and prediction
-(``ctfa predict --amp``)."""
+"""Mixed precision: the one switch shared by training (``amp`` in the config) and the inference
+verbs (``--amp`` of ``predict``, ``evaluate`` and ``pseudolabel``)."""
 
 from __future__ import annotations
 
