@@ -25,12 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import timm
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import Tensor, nn
 
 from ctfa_cli.errors import CtfaError, CtfaUsageError
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
+# Where a ctfa model bundle keeps the timm ViT in its state dict.
+BUNDLE_ENCODER_PREFIX = "encoder.vit."
 
 
 @dataclass
@@ -64,17 +66,20 @@ def create_vit(
             cyclically and rescaled by ``3 / in_chans``).
         pretrained: fetch timm's pretrained weights (network or the local hub cache).
         weights: local weights of a timm ViT (``.safetensors``, ``.pth``/``.pt``/``.bin`` state
-            dict, possibly under a ``model``/``state_dict`` key, or a big_vision ``.npz``);
-            takes precedence over ``pretrained``. Loaded without executing code
-            (``weights_only``); the ImageNet head, if present, is dropped.
+            dict, possibly under a ``model``/``state_dict`` key, or a big_vision ``.npz``), or
+            a ctfa model bundle (``checkpoints/*.pt``), whose encoder is taken; takes
+            precedence over ``pretrained``. Loaded without executing code (``weights_only``);
+            the ImageNet head, if present, is dropped; every other tensor of the model must
+            come from the file.
 
     Returns:
         The timm model, ``num_classes=0``, ``dynamic_img_size=True``.
 
     Raises:
         CtfaUsageError: unknown model name, or a timm model that is not a ViT with a class token.
-        CtfaError: the weights file is missing, unreadable or of another architecture, or the
-            pretrained weights cannot be fetched (offline machine).
+        CtfaError: the weights file is missing, unreadable, of another architecture or lacks
+            some of the model's tensors, or the pretrained weights cannot be fetched (offline
+            machine).
     """
     if not timm.is_model(name):
         raise CtfaUsageError(
@@ -90,27 +95,71 @@ def create_vit(
         if weights.suffix not in WEIGHT_SUFFIXES:
             raise CtfaError(f"{weights}: unsupported weights format; use one of "
                             f"{', '.join(WEIGHT_SUFFIXES)}")
-        # A file overlay replaces the download; .npz files go through timm's big_vision loader.
-        overlay = {"file": str(weights), "custom_load": weights.suffix == ".npz"}
+        model = _create_random(name, kwargs)
+        # timm's loader with the file in place of the download (.npz files go through its
+        # big_vision loader): it converts the checkpoint, resamples the position embeddings
+        # and adapts the patch embedding to the bands. It loads non-strictly once the
+        # ImageNet head is dropped, so the filter checks that the file covers the model.
+        source = {**model.pretrained_cfg, "file": str(weights),
+                  "custom_load": weights.suffix == ".npz"}
         try:
-            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay,
-                                      **kwargs)
+            timm.models.load_pretrained(
+                model, pretrained_cfg=source, num_classes=0, in_chans=in_chans,
+                filter_fn=lambda state, vit: _complete_vit_state(state, vit, weights, name))
         except (RuntimeError, KeyError, ValueError, OSError) as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise CtfaError(f"{weights}: not loadable as {name} weights ({reason}); pass a "
                             f"checkpoint of the same architecture") from exc
-    else:
-        try:
-            model = timm.create_model(name, pretrained=pretrained, **kwargs)
-        except OSError as exc:
-            raise CtfaError(f"could not fetch pretrained weights for {name} ({type(exc).__name__});"
-                            " offline? pass --set weights=FILE with a local checkpoint, or "
-                            "--set pretrained=false") from exc
-        except TypeError as exc:  # a non-ViT model class rejects dynamic_img_size
-            raise _not_a_vit(name) from exc
+        return model
+    if not pretrained:
+        return _create_random(name, kwargs)
+    try:
+        model = timm.create_model(name, pretrained=True, **kwargs)
+    except OSError as exc:
+        raise CtfaError(f"could not fetch pretrained weights for {name} ({type(exc).__name__});"
+                        " offline? pass --set weights=FILE with a local checkpoint, or "
+                        "--set pretrained=false") from exc
+    except TypeError as exc:  # a non-ViT model class rejects dynamic_img_size
+        raise _not_a_vit(name) from exc
+    _require_vit(model, name)
+    return model
+
+
+def _create_random(name: str, kwargs: dict) -> VisionTransformer:
+    """``timm.create_model(name, **kwargs)`` with random weights, checked to be a ViT."""
+    try:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as exc:  # a non-ViT model class rejects dynamic_img_size
+        raise _not_a_vit(name) from exc
+    _require_vit(model, name)
+    return model
+
+
+def _require_vit(model: nn.Module, name: str) -> None:
     if not isinstance(model, VisionTransformer) or model.cls_token is None:
         raise _not_a_vit(name)
-    return model
+
+
+def _complete_vit_state(state: dict[str, Tensor], model: VisionTransformer, weights: Path,
+                        name: str) -> dict[str, Tensor]:
+    """timm's ViT checkpoint filter, after taking a ctfa bundle's encoder, checked for coverage.
+
+    Raises:
+        CtfaError: the file lacks tensors of the model (other key names, another model), which
+            timm's non-strict load would leave at their random initialisation.
+    """
+    if any(key.startswith(BUNDLE_ENCODER_PREFIX) for key in state):
+        state = {key.removeprefix(BUNDLE_ENCODER_PREFIX): value for key, value in state.items()
+                 if key.startswith(BUNDLE_ENCODER_PREFIX)}
+    state = checkpoint_filter_fn(state, model)
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    if missing:
+        raise CtfaError(f"{weights}: not loadable as {name} weights ({len(missing)} of the "
+                        f"model's {len(expected)} tensors are not in the file, first "
+                        f"{missing[0]}); pass a checkpoint of the same architecture or a ctfa "
+                        "model bundle")
+    return state
 
 
 def _not_a_vit(name: str) -> CtfaUsageError:

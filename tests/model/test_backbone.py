@@ -7,8 +7,12 @@ import torch
 from safetensors.torch import save_file
 from timm.models import adapt_input_conv
 
+from ctfa_cli.config import TrainConfig
+from ctfa_cli.datasets.registry import get_spec
 from ctfa_cli.errors import CtfaError, CtfaUsageError
 from ctfa_cli.model.backbone import ViTBackbone
+from ctfa_cli.model.bundle import save_bundle
+from ctfa_cli.model.network import CTFANetwork
 
 # timm's own test ViT (6 blocks, width 64, class token): ~15x cheaper to build than vit_tiny.
 TINY = "test_vit"
@@ -108,6 +112,33 @@ def test_weights_of_another_architecture_are_refused_naming_the_file(tmp_path):
     torch.save(timm.create_model("test_vit3", pretrained=False).state_dict(), path)
     with pytest.raises(CtfaError, match="wider.pth: not loadable as test_vit"):
         ViTBackbone(TINY, weights=path)
+
+
+def test_weights_under_other_key_names_are_refused_not_silently_skipped(tmp_path,
+                                                                       timm_state_dict):
+    # timm loads non-strictly once the ImageNet head is dropped: without the coverage check,
+    # a file of other key names would leave the whole encoder at its random initialisation.
+    path = tmp_path / "prefixed.pth"
+    torch.save({f"backbone.{k}": v for k, v in timm_state_dict.items()}, path)
+    with pytest.raises(CtfaError, match=r"prefixed.pth: not loadable as test_vit weights "
+                                        r"\(78 of the model's 78 tensors are not in the file"):
+        ViTBackbone(TINY, weights=path)
+
+
+def test_a_ctfa_model_bundle_gives_its_encoder(tmp_path):
+    spec = get_spec("potsdam")
+    cfg = TrainConfig(backbone=TINY, pretrained=False, proj_hidden_dim=32, proj_bottleneck_dim=8,
+                      proj_out_dim=16)
+    torch.manual_seed(3)
+    network = CTFANetwork.from_config(spec, cfg)
+    path = tmp_path / "last.pt"
+    save_bundle(path, network, spec, cfg)
+    torch.manual_seed(4)  # another random initialisation, which the bundle must replace
+    loaded = ViTBackbone(TINY, weights=path).vit.state_dict()
+    expected = network.encoder.vit.state_dict()
+    assert set(loaded) == set(expected)
+    for key, value in loaded.items():
+        assert torch.equal(value, expected[key]), key
 
 
 def test_npz_without_a_vit_layout_is_refused(tmp_path):
