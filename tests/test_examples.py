@@ -1,4 +1,4 @@
-"""The files of examples/: preset YAMLs that spell the presets out, and the jq pipeline."""
+"""examples/: preset YAMLs that spell the presets out, the jq pipeline, the ablation script."""
 
 from __future__ import annotations
 
@@ -88,3 +88,71 @@ def test_pipeline_gates_on_the_test_miou(pipeline_env):
 
     bad = run_pipeline(pipeline_env, "high")
     assert bad.returncode == 2 and bad.stdout == "" and "must be a number" in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def ablation_env(pipeline_env, tmp_path_factory):
+    """The pipeline's tiny environment, with one-step runs, and a DATA_DIR of three scenes."""
+    data = tmp_path_factory.mktemp("ablation") / "data"
+    subprocess.run(["ctfa", "prepare", "synthetic", "--out", str(data), "--scenes", "3",
+                    "--size", "160"], env=pipeline_env, check=True, capture_output=True)
+    env = dict(pipeline_env)
+    env["CTFA_SET"] = f"{pipeline_env['CTFA_SET']} max_iters=1"
+    env["CTFA_TARGETS"] = "cam"  # one score per run: each `ctfa` call costs ~5 s of start-up
+    return env, data
+
+
+def run_ablation(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(EXAMPLES / "ablation.sh"), *args], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_ablation_trains_every_row_and_tabulates_the_scores(ablation_env, tmp_path):
+    env, data = ablation_env
+    out = tmp_path / "ablation"
+    first = run_ablation(env, str(data), str(out), "0")
+    assert first.returncode == 0, first.stderr
+    table = first.stdout.splitlines()
+    assert table[:2] == ["| model | CAM |", "| --- | --- |"]
+    assert [line.split(" | ")[0] for line in table[2:]] == [
+        "| CTFA (CTC + foreground branch)", "| without CTC", "| without the foreground branch",
+        "| without both"]
+    # Each row ablates its terms and nothing else, and its cells are the scores written.
+    weights = {"full": (1.0, 1.0), "no_ctc": (0, 1.0), "no_fg": (1.0, 0), "no_both": (0, 0)}
+    preset = resolve_train_config("synthetic", "cpu")
+    for line, (row, (ctc, joint)) in zip(table[2:], weights.items(), strict=True):
+        config = yaml.safe_load((out / f"{row}_s0" / "config.yaml").read_text())["train"]
+        assert (config["w_ctc"], config["w_joint"]) == (ctc * preset.w_ctc,
+                                                         joint * preset.w_joint)
+        assert config["seed"] == 0 and config["max_iters"] == 1
+        miou = json.loads((out / f"{row}_s0.test.cam.json").read_text())["metrics"]["miou"]
+        assert line.split(" | ")[1] == f"{miou:.3f} · {miou:.3f} |"
+
+    # A re-run recomputes nothing (4 trainings and 4 scores skipped) and gives the same table.
+    again = run_ablation(env, str(data), str(out), "0")
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.count("skipping") == 4 * 2 and again.stdout == first.stdout
+
+    # Other chips scored with the same runs (here the train split, through another name of the
+    # DATA_DIR): no training, one new score per run, named after the scored DATA_DIR.
+    other_data = tmp_path / "unseen"
+    other_data.symlink_to(data, target_is_directory=True)
+    other = run_ablation({**env, "CTFA_EVAL_DATA": str(other_data), "CTFA_SPLIT": "train"},
+                         str(data), str(out), "0")
+    assert other.returncode == 0, other.stderr
+    assert other.stderr.count("skipping") == 4 and "ctfa train" not in other.stderr
+    assert other.stdout.splitlines()[:2] == table[:2]
+    for row in weights:
+        report = json.loads((out / f"{row}_s0.unseen_train.cam.json").read_text())
+        assert report["split"] == "train"
+        assert (out / f"{row}_s0" / "eval_unseen_train_cam" / "metrics.json").is_file()
+
+
+def test_ablation_usage_errors(ablation_env, tmp_path):
+    env, data = ablation_env
+    assert run_ablation(env, str(data)).returncode == 2
+    bad_seed = run_ablation(env, str(data), str(tmp_path), "first")
+    assert bad_seed.returncode == 2 and "seed 'first'" in bad_seed.stderr
+    bad_target = run_ablation({**env, "CTFA_TARGETS": "seg miou"}, str(data), str(tmp_path))
+    assert bad_target.returncode == 2 and "unknown target 'miou'" in bad_target.stderr
+    assert not any(tmp_path.iterdir())  # refused before anything was written
