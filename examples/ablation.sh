@@ -40,6 +40,10 @@ for seed in "${seeds[@]}"; do
   fi
 done
 read -r -a targets <<< "${CTFA_TARGETS:-seg cam aux_cam pseudo}"
+if [[ ${#targets[@]} -eq 0 ]]; then
+  echo "$0: CTFA_TARGETS is empty; name at least one of seg, cam, aux_cam, pseudo" >&2
+  exit 2
+fi
 for target in "${targets[@]}"; do
   case $target in
     seg | cam | aux_cam | pseudo) ;;
@@ -54,11 +58,32 @@ scored=$split
 device=${CTFA_DEVICE:-auto}
 mkdir -p "$out"
 
-# The rows of the table: name, label and the overrides that ablate.
+# The rows of the table, each with its label and the overrides that ablate (case statements
+# rather than associative arrays, which macOS's bash 3.2 lacks).
 rows=(full no_ctc no_fg no_both)
-declare -A label=([full]="CTFA (CTC + foreground branch)" [no_ctc]="without CTC"
-                  [no_fg]="without the foreground branch" [no_both]="without both")
-declare -A ablate=([full]="" [no_ctc]="w_ctc=0" [no_fg]="w_joint=0" [no_both]="w_ctc=0 w_joint=0")
+label() {
+  case $1 in
+    full) echo "CTFA (CTC + foreground branch)" ;;
+    no_ctc) echo "without CTC" ;;
+    no_fg) echo "without the foreground branch" ;;
+    no_both) echo "without both" ;;
+  esac
+}
+ablate() {
+  case $1 in
+    no_ctc) echo "w_ctc=0" ;;
+    no_fg) echo "w_joint=0" ;;
+    no_both) echo "w_ctc=0 w_joint=0" ;;
+  esac
+}
+heading() {
+  case $1 in
+    seg) echo "seg" ;;
+    cam) echo "CAM" ;;
+    aux_cam) echo "aux-CAM" ;;
+    pseudo) echo "pseudo label" ;;
+  esac
+}
 
 # stage JSON COMMAND…: run COMMAND (whose stdout is JSON) into JSON unless that file exists; a
 # failed stage leaves no JSON behind.
@@ -81,7 +106,7 @@ for seed in "${seeds[@]}"; do
       stage "$run.train.json" ctfa train --data "$data" --out "$run" --resume --device "$device"
     else
       # `read` splits on blanks without expanding globs such as cam_scales=[1.0].
-      read -r -a items <<< "${CTFA_SET:-} seed=$seed ${ablate[$row]}"
+      read -r -a items <<< "${CTFA_SET:-} seed=$seed $(ablate "$row")"
       overrides=()
       for item in "${items[@]}"; do overrides+=(--set "$item"); done
       stage "$run.train.json" ctfa train --data "$data" --out "$run" \
@@ -96,17 +121,16 @@ for seed in "${seeds[@]}"; do
 done
 
 # The table: per seed, then the mean over the seeds with a defined mIoU.
-declare -A heading=([seg]="seg" [cam]="CAM" [aux_cam]="aux-CAM" [pseudo]="pseudo label")
 header="| model |"
 rule="| --- |"
 for target in "${targets[@]}"; do
-  header+=" ${heading[$target]} |"
+  header+=" $(heading "$target") |"
   rule+=" --- |"
 done
 echo "$header"
 echo "$rule"
 for row in "${rows[@]}"; do
-  line="| ${label[$row]} |"
+  line="| $(label "$row") |"
   for target in "${targets[@]}"; do
     values=()
     for seed in "${seeds[@]}"; do
