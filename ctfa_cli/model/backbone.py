@@ -95,7 +95,7 @@ def create_vit(
         if weights.suffix not in WEIGHT_SUFFIXES:
             raise CtfaError(f"{weights}: unsupported weights format; use one of "
                             f"{', '.join(WEIGHT_SUFFIXES)}")
-        model = _create_random(name, kwargs)
+        model = _create(name, kwargs, pretrained=False)
         # timm's loader with the file in place of the download (.npz files go through its
         # big_vision loader): it converts the checkpoint, resamples the position embeddings
         # and adapts the patch embedding to the bands. It loads non-strictly once the
@@ -111,33 +111,22 @@ def create_vit(
             raise CtfaError(f"{weights}: not loadable as {name} weights ({reason}); pass a "
                             f"checkpoint of the same architecture") from exc
         return model
-    if not pretrained:
-        return _create_random(name, kwargs)
+    return _create(name, kwargs, pretrained=pretrained)
+
+
+def _create(name: str, kwargs: dict, *, pretrained: bool) -> VisionTransformer:
+    """``timm.create_model(name, pretrained=pretrained, **kwargs)``, checked to be a ViT."""
     try:
-        model = timm.create_model(name, pretrained=True, **kwargs)
-    except OSError as exc:
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except OSError as exc:  # only fetching pretrained weights touches files
         raise CtfaError(f"could not fetch pretrained weights for {name} ({type(exc).__name__});"
                         " offline? pass --set weights=FILE with a local checkpoint, or "
                         "--set pretrained=false") from exc
     except TypeError as exc:  # a non-ViT model class rejects dynamic_img_size
         raise _not_a_vit(name) from exc
-    _require_vit(model, name)
-    return model
-
-
-def _create_random(name: str, kwargs: dict) -> VisionTransformer:
-    """``timm.create_model(name, **kwargs)`` with random weights, checked to be a ViT."""
-    try:
-        model = timm.create_model(name, pretrained=False, **kwargs)
-    except TypeError as exc:  # a non-ViT model class rejects dynamic_img_size
-        raise _not_a_vit(name) from exc
-    _require_vit(model, name)
-    return model
-
-
-def _require_vit(model: nn.Module, name: str) -> None:
     if not isinstance(model, VisionTransformer) or model.cls_token is None:
         raise _not_a_vit(name)
+    return model
 
 
 def _complete_vit_state(state: dict[str, Tensor], model: VisionTransformer, weights: Path,
