@@ -86,15 +86,7 @@ def run(device: str, repeats: int, *, quick: bool = False) -> list[dict]:
             return bilateral_filter(images, values, SIGMA_RGB, SIGMA_XY, method=method, path=path)
 
         peak_mb = peak_extra_mb(call, device)  # also the warm-up (Triton compiles here)
-        return {
-            "op": "bilateral_filter",
-            "path": path,
-            "device": device,
-            "shape": "x".join(map(str, values.shape)),
-            "ms": time_ms(call, device, times),
-            "peak_mb": peak_mb,
-            "speedup": None,
-        }
+        return _row(path, device, values, time_ms(call, device, times), peak_mb)
 
     images, values = synthetic_inputs(QUICK_SHAPE if quick else REFERENCE_SHAPE, device)
     group = [
@@ -153,15 +145,14 @@ def official_row(batch_filter: Callable[..., Any], images, values, repeats: int)
         return out
 
     call()  # warm-up
-    return {
-        "op": "bilateral_filter",
-        "path": "official-cpp",
-        "device": "cpu",
-        "shape": "x".join(map(str, values.shape)),
-        "ms": time_ms(call, "cpu", repeats),
-        "peak_mb": None,
-        "speedup": None,
-    }
+    return _row("official-cpp", "cpu", values, time_ms(call, "cpu", repeats), peak_mb=None)
+
+
+def _row(path: str, device: str, values, ms: float, peak_mb: float | None) -> dict:
+    """One filter row of :func:`run` (``speedup`` filled in by :func:`_speedups`)."""
+    return {"op": "bilateral_filter", "path": path, "device": device,
+            "shape": "x".join(map(str, values.shape)), "ms": ms, "peak_mb": peak_mb,
+            "speedup": None}
 
 
 def _speedups(group: list[dict], baseline: dict) -> None:
