@@ -24,10 +24,20 @@ from torch import Tensor
 
 from ctfa_cli.errors import CtfaUsageError
 from kernels.bilateral.reference import pixel_features
+from kernels.launch import launch_device
 
-_LOG2_E = 1.4426950408889634
+# exp(-s/2) = exp2(-s/2 · log2(e)). A global read inside @triton.jit must be a tl.constexpr:
+# the compiler refuses a plain float (the interpreter, running the kernel as Python, would not).
+_MINUS_HALF_LOG2_E = tl.constexpr(-0.5 * 1.4426950408889634)
 _BLOCK_I = 64
 _BLOCK_J = 64
+
+
+def block_sizes(num_channels: int) -> dict[str, int]:
+    """The kernel's block constexprs for ``num_channels`` value channels, as launched."""
+    # tl.dot needs every dimension >= 16.
+    return {"BLOCK_I": _BLOCK_I, "BLOCK_J": _BLOCK_J,
+            "BLOCK_K": max(16, triton.next_power_of_2(num_channels))}
 
 
 @triton.jit
@@ -80,7 +90,7 @@ def _exact_bilateral_kernel(
             - tl.load(features + 4 * num_pixels + cols, mask=col_valid, other=0.0)[None, :]
         )
         squared += diff * diff
-        weights = tl.where(col_valid[None, :], tl.exp2(squared * (-0.5 * _LOG2_E)), 0.0)
+        weights = tl.where(col_valid[None, :], tl.exp2(squared * _MINUS_HALF_LOG2_E), 0.0)
         tile = tl.load(
             values + channels[None, :] * num_pixels + cols[:, None],
             mask=col_valid[:, None] & channel_valid[None, :],
@@ -124,16 +134,9 @@ def triton_bilateral_filter(
     features = pixel_features(images.float(), sigma_rgb, sigma_xy).contiguous()  # [B, 5, N]
     flat_values = values.float().reshape(batch, channels, num_pixels).contiguous()
     out = torch.empty_like(flat_values)
-    block_k = max(16, triton.next_power_of_2(channels))  # tl.dot needs every dim >= 16
     grid = (triton.cdiv(num_pixels, _BLOCK_I), batch)
-    _exact_bilateral_kernel[grid](
-        features,
-        flat_values,
-        out,
-        num_pixels,
-        channels,
-        BLOCK_I=_BLOCK_I,
-        BLOCK_J=_BLOCK_J,
-        BLOCK_K=block_k,
-    )
+    with launch_device(out.device):
+        _exact_bilateral_kernel[grid](
+            features, flat_values, out, num_pixels, channels, **block_sizes(channels)
+        )
     return out.reshape(values.shape)

@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from kernels.launch import launch_device
 from kernels.par.reference import (
     DEFAULT_DILATIONS,
     POSITION_WEIGHT,
@@ -43,6 +44,17 @@ def _pixel_block(num_pixels: int) -> int:
     if INTERPRETED:
         return min(triton.next_power_of_2(num_pixels), 4096)
     return 64
+
+
+def affinity_constants(num_channels: int, num_neighbours: int, num_pixels: int) -> dict[str, int]:
+    """The affinity kernel's constexprs, as launched."""
+    return {"CHANNELS": num_channels, **propagate_constants(num_neighbours, num_pixels)}
+
+
+def propagate_constants(num_neighbours: int, num_pixels: int) -> dict[str, int]:
+    """The propagation kernel's constexprs, as launched."""
+    return {"NEIGHBOUR_BLOCK": triton.next_power_of_2(num_neighbours),
+            "BLOCK": _pixel_block(num_pixels)}
 
 
 @triton.jit
@@ -138,13 +150,13 @@ def affinity_triton(images: Tensor, dilations: Sequence[int]) -> Tensor:
     count = dy.numel()
     position = position_softmax(dilations).to(images.device)
     aff = torch.empty(batch, count, height, width, dtype=torch.float32, device=images.device)
-    block = _pixel_block(height * width)
-    grid = (triton.cdiv(height * width, block), batch)
-    _affinity_kernel[grid](
-        images, dy, dx, position, aff, height, width, count,
-        1.0 / TEMPERATURE, STD_EPS, POSITION_WEIGHT,
-        CHANNELS=channels, NEIGHBOUR_BLOCK=triton.next_power_of_2(count), BLOCK=block,
-    )  # fmt: skip
+    constants = affinity_constants(channels, count, height * width)
+    grid = (triton.cdiv(height * width, constants["BLOCK"]), batch)
+    with launch_device(aff.device):
+        _affinity_kernel[grid](
+            images, dy, dx, position, aff, height, width, count,
+            1.0 / TEMPERATURE, STD_EPS, POSITION_WEIGHT, **constants,
+        )  # fmt: skip
     return aff
 
 
@@ -176,15 +188,15 @@ def par_triton(
     batch, channels, height, width = masks.shape
     dy, dx = _offset_tables(dilations, masks.device)
     count = dy.numel()
-    block = _pixel_block(height * width)
-    grid = (triton.cdiv(height * width, block), batch)
+    constants = propagate_constants(count, height * width)
+    grid = (triton.cdiv(height * width, constants["BLOCK"]), batch)
     current = masks.contiguous()
     buffers = [torch.empty_like(current), torch.empty_like(current)]
-    for step in range(num_iter):
-        result = buffers[step % 2]
-        _propagate_kernel[grid](
-            current, aff, dy, dx, result, height, width, channels, count,
-            NEIGHBOUR_BLOCK=triton.next_power_of_2(count), BLOCK=block,
-        )  # fmt: skip
-        current = result
+    with launch_device(current.device):
+        for step in range(num_iter):
+            result = buffers[step % 2]
+            _propagate_kernel[grid](
+                current, aff, dy, dx, result, height, width, channels, count, **constants,
+            )  # fmt: skip
+            current = result
     return current
