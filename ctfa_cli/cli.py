@@ -7,17 +7,53 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from ctfa_cli import __version__
-from ctfa_cli.commands import demo, evaluate, predict, prepare, pseudolabel, train
+from ctfa_cli.commands import demo, evaluate, predict, prepare, pseudolabel, settings, train
 from ctfa_cli.errors import CtfaError
+
+# Root options users also type after the verb (`ctfa prepare synthetic -q`).
+ROOT_FLAGS = ("-q", "--quiet", "--verbose")
+
+EPILOG = (
+    "Default places (one workspace): raw releases in ~/ctfa/raw/<dataset>, DATA_DIRs in "
+    "~/ctfa/data/<dataset>, runs in ~/ctfa/runs/<dataset>/train, train2 …, predictions in "
+    "~/ctfa/predictions/<dataset>/<run>. Move them all with --home or CTFA_HOME, one with "
+    "CTFA_RAW_DIR, CTFA_DATA_DIR, CTFA_RUNS_DIR or CTFA_PREDICTIONS_DIR, or for good with "
+    "`ctfa settings set home FOLDER`; `ctfa settings` shows where each comes from. "
+    "Start with `ctfa demo`, or: ctfa prepare potsdam; ctfa train --dataset potsdam; "
+    "ctfa predict scene.tif"
+)
+
+
+def _is_root_flag(token: str) -> bool:
+    return token in ROOT_FLAGS or (len(token) > 1 and token[0] == "-" and token[1] != "-"
+                                   and set(token[1:]) == {"v"})
+
+
+class RootFlagsAnywhere(TyperGroup):
+    """Accept ``-v``/``-q`` after the verb too: they are moved before it (never past ``--``)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        end = args.index("--") if "--" in args else len(args)
+        hoisted = [token for token in args[1:end] if _is_root_flag(token)]
+        rest = [token for token in args[1:end] if not _is_root_flag(token)]
+        if args and hoisted:
+            args = [*hoisted, args[0], *rest, *args[end:]]
+        return super().parse_args(ctx, args)
+
 
 app = typer.Typer(
     name="ctfa",
+    cls=RootFlagsAnywhere,
     help="Weakly supervised semantic segmentation of remote-sensing imagery with CTFA.",
+    epilog=EPILOG,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -25,6 +61,7 @@ app = typer.Typer(
 )
 
 app.add_typer(prepare.app, name="prepare")
+app.add_typer(settings.app, name="settings")
 app.command("train", help=train.HELP)(train.train)
 app.command("pseudolabel", help=pseudolabel.HELP)(pseudolabel.pseudolabel)
 app.command("evaluate", help=evaluate.HELP)(evaluate.evaluate)
@@ -46,6 +83,12 @@ def root(
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
+    home: Annotated[
+        Path | None,
+        typer.Option("--home", help="Workspace folder for this command: raw/, data/, runs/ "
+                     "and predictions/ below it (beats CTFA_HOME, the CTFA_*_DIR variables "
+                     "and the settings file).", show_default=False),
+    ] = None,
 ) -> None:
     """Weakly supervised semantic segmentation of remote-sensing imagery with CTFA."""
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO

@@ -200,7 +200,8 @@ def demo_budget(quick: bool, *, scenes: int | None = None, size: int | None = No
 
 
 def run_demo(out: Path, *, quick: bool = False, device: str = "auto", overwrite: bool = False,
-             budget: DemoBudget | None = None, progress: bool = True) -> DemoResult:
+             budget: DemoBudget | None = None, progress: bool = True,
+             runs: Path | None = None) -> DemoResult:
     """Run prepare → train → evaluate → pseudolabel → predict on synthetic scenes into ``out``.
 
     See the module docstring for the stages, budgets and layout.
@@ -212,6 +213,9 @@ def run_demo(out: Path, *, quick: bool = False, device: str = "auto", overwrite:
         overwrite: remove the outputs of an earlier demo in ``out`` (only those) first.
         budget: an explicit budget (see :func:`demo_budget`); None: the default or quick one.
         progress: progress bars on stderr (only when it is a terminal).
+        runs: the workspace's runs folder, to register the demo's run in as
+            ``<runs>/synthetic/demo`` (so that ``ctfa predict SCENE`` uses its model); None:
+            not registered.
 
     Returns:
         The :class:`DemoResult` (also written as ``summary.json``).
@@ -234,6 +238,7 @@ def run_demo(out: Path, *, quick: bool = False, device: str = "auto", overwrite:
     from ctfa_cli.io import claim_folder
     from ctfa_cli.model.bundle import load_bundle
     from ctfa_cli.training.loop import run_config, train
+    from ctfa_cli.workspace import register_run, write_run_record
 
     out = Path(out)
     budget = budget or demo_budget(quick)
@@ -256,6 +261,11 @@ def run_demo(out: Path, *, quick: bool = False, device: str = "auto", overwrite:
         # validation scene is noise (measured: best.pt of step 200 scored seg 0.23 on the
         # test scene where the final step's model scored 0.28).
         checkpoint = trained.last_checkpoint
+        if runs is not None:
+            summary = {**trained.to_json(), "model": str(checkpoint.absolute())}
+            write_run_record(trained.run_dir, summary)
+            log.info("registered the demo's model as %s: `ctfa predict SCENE.tif` maps your "
+                     "own scenes with it", register_run(runs, "synthetic", "demo", summary).parent)
     metrics: dict[str, dict] = {}
     with _timed(seconds, "evaluate"):
         log.info("[3/6] evaluate %s on the test split", ", ".join(EVAL_TARGETS))

@@ -8,10 +8,16 @@ from typing import Annotated
 import typer
 
 ModelOpt = Annotated[
-    Path, typer.Option("--model", "-m", help="Checkpoint (model bundle) written by `ctfa train`.")
+    str | None, typer.Option(
+        "--model", "-m", help="A checkpoint written by `ctfa train`, a run folder, a run name "
+        "(potsdam/train2) or a dataset name (its newest run) [default: the newest finished run "
+        "of the workspace].", show_default=False)
 ]
 DataDirOpt = Annotated[
-    Path, typer.Option("--data", "-d", help="DATA_DIR written by `ctfa prepare`.")
+    Path | None, typer.Option("--data", "-d", help="DATA_DIR written by `ctfa prepare` "
+                              "[default: <data folder>/NAME with --dataset NAME (train); the "
+                              "model's training DATA_DIR (evaluate, pseudolabel)].",
+                              show_default=False)
 ]
 OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="Replace existing outputs instead of refusing.")
@@ -45,10 +51,52 @@ TtaOpt = Annotated[
     bool, typer.Option("--tta", help="Test-time augmentation: multi-scale and flip.")
 ]
 DataOutOpt = Annotated[
-    Path, typer.Option("--out", "-o", help="DATA_DIR to write (created; a finished one is "
-                       "reused, anything else is refused unless --overwrite).")
+    Path | None, typer.Option("--out", "-o", help="DATA_DIR to write (created; a finished one "
+                              "is reused, anything else is refused unless --overwrite) "
+                              "[default: <data folder>/<dataset>].", show_default=False)
 ]
 BandsOpt = Annotated[
     str | None,
     typer.Option("--bands", help="Bands: a preset name or 1-based indices such as 4,1,2."),
 ]
+
+
+def current_workspace():
+    """The workspace of this invocation (:func:`ctfa_cli.workspace.resolve_workspace` with the
+    root ``--home`` flag), resolved when a verb needs a default place, not before: a broken
+    settings file never breaks ``--help`` or a verb given every path."""
+    import click
+
+    from ctfa_cli.workspace import resolve_workspace
+
+    context = click.get_current_context(silent=True)
+    home = context.find_root().params.get("home") if context is not None else None
+    return resolve_workspace(home)
+
+
+def chosen_model(model: str | None):
+    """The checkpoint a ``--model`` value names, and its run (see
+    :func:`ctfa_cli.workspace.resolve_model`); a model the user did not name exactly is
+    announced on stderr, so that nobody maps a scene with a model they did not mean."""
+    import logging
+
+    from ctfa_cli.workspace import resolve_model
+
+    given = model is not None and Path(model).expanduser().is_file()
+    workspace = None if given else current_workspace()
+    checkpoint, record = resolve_model(workspace, model)
+    if record is not None and not given:
+        logging.getLogger("ctfa").info("model: %s", record.describe())
+    return checkpoint, record
+
+
+def chosen_data(data: Path | None, record) -> Path:
+    """``--data``, else the DATA_DIR the model's run was trained on."""
+    from ctfa_cli.errors import CtfaUsageError
+
+    if data is not None:
+        return data
+    if record is None or not record.summary.get("data_dir"):
+        raise CtfaUsageError("pass --data DATA_DIR (the model is not from a run of the "
+                             "workspace, so its DATA_DIR is not known)")
+    return Path(record.summary["data_dir"])

@@ -30,3 +30,17 @@ def _restore_ctfa_logger():
     logger.handlers[:] = saved[0]
     logger.setLevel(saved[1])
     logger.propagate = saved[2]
+
+
+@pytest.fixture(autouse=True)
+def workspace_home(tmp_path, monkeypatch):
+    """A temporary workspace and settings folder for every test: no test reads or writes the
+    real ``~/ctfa`` or ``~/.config/ctfa``. Returns the workspace home."""
+    from ctfa_cli.workspace import HOME_ENV, ROOT_ENV
+
+    home = tmp_path / "ctfa-home"
+    for variable in ROOT_ENV.values():
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv(HOME_ENV, str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    return home

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ctfa_cli.options import DeviceOpt, JsonOpt, OverwriteOpt
+from ctfa_cli.options import DeviceOpt, JsonOpt, OverwriteOpt, current_workspace
 
 HELP = "Run prepare, train, evaluate, pseudolabel and predict on synthetic scenes."
 
@@ -38,7 +38,8 @@ def demo(
 
     budget = demo_budget(quick, scenes=scenes, size=size,
                          overrides=parse_set_options(set_ or []))
-    result = run_demo(out, device=device, overwrite=overwrite, budget=budget)
+    result = run_demo(out, device=device, overwrite=overwrite, budget=budget,
+                      runs=current_workspace().runs)
     if json_:
         typer.echo(json.dumps(result.to_json(), indent=1))
         return

@@ -18,14 +18,16 @@ from ctfa_cli.options import (
     OverwriteOpt,
     SplitOpt,
     TtaOpt,
+    chosen_data,
+    chosen_model,
 )
 
 HELP = "Report mIoU, F1, OA and kappa on a split of DATA_DIR."
 
 
 def evaluate(
-    model: ModelOpt,
-    data: DataDirOpt,
+    model: ModelOpt = None,
+    data: DataDirOpt = None,
     split: SplitOpt = "test",
     target: Annotated[str, typer.Option(
         "--target", help="seg (segmentation branch), cam or aux_cam (CAMs of the final or "
@@ -49,9 +51,10 @@ def evaluate(
     from ctfa_cli.evaluation.evaluate import evaluate_checkpoint
     from ctfa_cli.evaluation.report import metrics_table
 
-    result = evaluate_checkpoint(model, data, split=split, target=target, tta=tta, out=out,
-                                 overwrite=overwrite, device=device, batch_size=batch_size or 8,
-                                 amp=amp)
+    checkpoint, run = chosen_model(model)
+    result = evaluate_checkpoint(checkpoint, chosen_data(data, run), split=split, target=target,
+                                 tta=tta, out=out, overwrite=overwrite, device=device,
+                                 batch_size=batch_size or 8, amp=amp)
     if json_:
         typer.echo(json.dumps(result.to_json(), indent=1))
         return

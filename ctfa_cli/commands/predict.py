@@ -19,6 +19,8 @@ from ctfa_cli.options import (
     OverwriteOpt,
     TileOpt,
     TtaOpt,
+    chosen_model,
+    current_workspace,
 )
 
 HELP = "Map whole scenes into a georeferenced class COG (and polygons)."
@@ -29,9 +31,10 @@ ScenesArg = Annotated[
                         "from stdin (one per line).", show_default=False),
 ]
 OutOpt = Annotated[
-    Path,
+    Path | None,
     typer.Option("--out", "-o", help="Class COG file (one scene, .tif) or output folder "
-                                     "(<scene stem>.tif per scene)."),
+                 "(<scene stem>.tif per scene) [default: <predictions folder>/<run>/, the "
+                 "run of the model].", show_default=False),
 ]
 VectorOpt = Annotated[
     str | None,
@@ -61,8 +64,8 @@ MinAreaOpt = Annotated[
 
 def predict(
     scenes: ScenesArg,
-    model: ModelOpt,
-    out: OutOpt,
+    model: ModelOpt = None,
+    out: OutOpt = None,
     vector: VectorOpt = None,
     probs: ProbsOpt = False,
     tile: TileOpt = None,
@@ -79,8 +82,9 @@ def predict(
 ) -> None:
     """Predict scenes of any size with a model bundle, streaming, into COGs and polygons.
 
-    Under torchrun each rank predicts its share of the scenes. With --json, one JSON line per
-    finished scene is printed on stdout; otherwise a table at the end.
+    Under torchrun each rank predicts its share of the scenes. On stdout: one JSON line per
+    finished scene with --json; else the path of each class COG, one per line, when stdout is
+    a pipe or a file (`ctfa predict *.tif | xargs -n1 gdalinfo`); else a table at the end.
     """
     from ctfa_cli.inference.predict import (
         BundlePredictor,
@@ -90,19 +94,26 @@ def predict(
         resolve_device,
     )
     from ctfa_cli.inference.reader import parse_band_indices
+    from ctfa_cli.workspace import prediction_folder
 
     options = PredictOptions(
         tile=tile, overlap=overlap, batch_size=batch_size or 8, bands=parse_band_indices(bands),
         probs=probs, vector=vector, simplify=simplify, min_area=min_area, overwrite=overwrite)
     scene_paths = collect_scenes(scenes, sys.stdin)
-    predictor = BundlePredictor.from_checkpoint(model, resolve_device(device), tta=tta,
+    checkpoint, run = chosen_model(model)
+    if out is None:
+        out = prediction_folder(current_workspace(), checkpoint, run)
+    predictor = BundlePredictor.from_checkpoint(checkpoint, resolve_device(device), tta=tta,
                                                 amp=amp)
+    paths_only = not json_output and not sys.stdout.isatty()
     results = []
     for result in predict_scenes(scene_paths, predictor, out, options=options):
         if json_output:
             typer.echo(json.dumps(result.to_json()))
+        elif paths_only:
+            typer.echo(str(result.classes))
         results.append(result)
-    if not json_output:
+    if not json_output and not paths_only:
         _print_table(results)
 
 

@@ -35,9 +35,16 @@ def report(summary, as_json: bool) -> None:
         Console().print(summary.table())
 
 
+def default_out(out: Path | None, name: str) -> Path:
+    """``--out``, else ``<data folder>/<name>`` of the workspace."""
+    from ctfa_cli.options import current_workspace
+
+    return out if out is not None else current_workspace().data / name
+
+
 @app.command("synthetic")
 def synthetic(
-    out: DataOutOpt,
+    out: DataOutOpt = None,
     scenes: Annotated[int, typer.Option("--scenes", min=1, help="Number of scenes.")] = 8,
     size: Annotated[int, typer.Option("--size", min=32, help="Scene size in pixels.")] = 640,
     seed: SeedOpt = 0,
@@ -50,15 +57,23 @@ def synthetic(
     """Generate synthetic georeferenced aerial scenes (the embedded default data set)."""
     from ctfa_cli.datasets.synthetic import prepare_synthetic
 
-    summary = prepare_synthetic(out, scenes=scenes, size=size, seed=seed, tile=tile,
-                                stride=stride, workers=workers, overwrite=overwrite)
+    summary = prepare_synthetic(default_out(out, "synthetic"), scenes=scenes, size=size,
+                                seed=seed, tile=tile, stride=stride, workers=workers,
+                                overwrite=overwrite)
     report(summary, json_output)
 
 
 # --- benchmarks from their distributed layouts, and users' folders (docs/datasets.md) ----------
 
 SourceArg = Annotated[
-    Path, typer.Argument(help="The unpacked dataset, as distributed (see docs/datasets.md).")
+    Path | None, typer.Argument(
+        help="The unpacked dataset, as distributed (see docs/datasets.md) [default: "
+        "<raw folder>/<dataset> of the workspace, ~/ctfa/raw/<dataset> unless moved].",
+        show_default=False)
+]
+FolderSourceArg = Annotated[
+    Path, typer.Argument(help="Your scenes: images/, optional masks/, classes.yaml.",
+                         show_default=False)
 ]
 NoBoundaryOpt = Annotated[
     bool, typer.Option("--no-boundary", help="Use the eroded ISPRS labels; their black "
@@ -74,19 +89,26 @@ TestFractionOpt = Annotated[
 ]
 
 
-def _benchmark(dataset: str, source: Path, out: Path, tile: int | None, stride: int | None,
-               workers: int, overwrite: bool, json_output: bool, **options) -> None:
-    from ctfa_cli.datasets.readers import prepare_benchmark
+def _benchmark(dataset: str, source: Path | None, out: Path | None, tile: int | None,
+               stride: int | None, workers: int, overwrite: bool, json_output: bool,
+               **options) -> None:
+    from ctfa_cli.datasets.readers import prepare_benchmark, release_missing
+    from ctfa_cli.options import current_workspace
 
-    summary = prepare_benchmark(dataset, source, out, tile=tile, stride=stride, workers=workers,
-                                overwrite=overwrite, **options)
+    if source is None:
+        raw = current_workspace().roots["raw"]
+        source = raw.path / dataset
+        if not source.is_dir() or not any(source.iterdir()):
+            raise release_missing(dataset, source, raw.origin)
+    summary = prepare_benchmark(dataset, source, default_out(out, dataset), tile=tile,
+                                stride=stride, workers=workers, overwrite=overwrite, **options)
     report(summary, json_output)
 
 
 @app.command("potsdam")
 def potsdam(
-    source: SourceArg,
-    out: DataOutOpt,
+    source: SourceArg = None,
+    out: DataOutOpt = None,
     bands: Annotated[str, typer.Option("--bands", help="irrg (as the paper), rgb or rgbir.")
                      ] = "irrg",
     dsm: Annotated[bool, typer.Option("--dsm", help="Append the normalised DSM as a band.")
@@ -109,8 +131,8 @@ def potsdam(
 
 @app.command("vaihingen")
 def vaihingen(
-    source: SourceArg,
-    out: DataOutOpt,
+    source: SourceArg = None,
+    out: DataOutOpt = None,
     no_boundary: NoBoundaryOpt = False,
     tile: TileOpt = None,
     stride: StrideOpt = None,
@@ -125,8 +147,8 @@ def vaihingen(
 
 @app.command("isaid")
 def isaid(
-    source: SourceArg,
-    out: DataOutOpt,
+    source: SourceArg = None,
+    out: DataOutOpt = None,
     palette: Annotated[Path | None, typer.Option(
         "--palette", help="YAML with `palette: [[r, g, b], …]` replacing the devkit colours.")
     ] = None,
@@ -143,8 +165,8 @@ def isaid(
 
 @app.command("deepglobe")
 def deepglobe(
-    source: SourceArg,
-    out: DataOutOpt,
+    source: SourceArg = None,
+    out: DataOutOpt = None,
     val_fraction: ValFractionOpt = 0.1,
     test_fraction: TestFractionOpt = 0.1,
     seed: SeedOpt = 0,
@@ -161,8 +183,8 @@ def deepglobe(
 
 @app.command("folder")
 def folder(
-    source: SourceArg,
-    out: DataOutOpt,
+    source: FolderSourceArg,
+    out: DataOutOpt = None,
     tags: Annotated[Path | None, typer.Option(
         "--tags", help="Vector features (with --class-column) or a table of scene_id/chip_id "
         "and labels giving image-level labels to scenes without masks.")] = None,
@@ -187,7 +209,8 @@ def folder(
     """Your own scenes: images/, optional masks/, classes.yaml, optional splits.csv."""
     from ctfa_cli.datasets.readers import prepare_folder
 
-    summary = prepare_folder(source, out, tags=tags, class_column=class_column,
+    summary = prepare_folder(source, default_out(out, source.absolute().name), tags=tags,
+                             class_column=class_column,
                              min_cover=min_cover, min_area=min_area, tile=tile, stride=stride,
                              workers=workers, overwrite=overwrite, bands=bands,
                              val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)

@@ -17,17 +17,19 @@ from ctfa_cli.options import (
     ModelOpt,
     OverwriteOpt,
     SplitOpt,
+    chosen_data,
+    chosen_model,
 )
 
 HELP = "Write refined pseudo labels (GeoTIFF) for a split of DATA_DIR."
 
 
 def pseudolabel(
-    model: ModelOpt,
-    data: DataDirOpt,
     out: Annotated[Path, typer.Option(
         "--out", "-o", help="Output folder: a DATA_DIR whose masks are the pseudo labels "
         "(chips/<split>/masks/<chip_id>.tif, chips.gpkg, dataset.yaml, report.json).")],
+    model: ModelOpt = None,
+    data: DataDirOpt = None,
     split: SplitOpt = "train",
     json_: JsonOpt = False,
     overwrite: OverwriteOpt = False,
@@ -44,12 +46,13 @@ def pseudolabel(
     from ctfa_cli.inference.predict import resolve_device
     from ctfa_cli.model.bundle import load_bundle
 
-    data_dir = DataDir.open(data)
+    checkpoint, run = chosen_model(model)
+    data_dir = DataDir.open(chosen_data(data, run))
     resolved = resolve_device(device)
-    bundle = load_bundle(model, resolved)
+    bundle = load_bundle(checkpoint, resolved)
     report = write_pseudo_labels(bundle.model, bundle.spec, bundle.cfg, data_dir, split, out,
                                  overwrite=overwrite, device=resolved,
-                                 batch_size=batch_size or 8, model_path=model, amp=amp)
+                                 batch_size=batch_size or 8, model_path=checkpoint, amp=amp)
     summary = report.to_json()
     if json_:
         typer.echo(json.dumps(summary, indent=1))

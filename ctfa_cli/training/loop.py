@@ -10,6 +10,9 @@ RUN_DIR layout::
       checkpoints/last.pt    model bundle + training state, written at every evaluation and at
                              the end; ``--resume`` continues from it
       checkpoints/best.pt    the bundle with the best validation segmentation mIoU
+      run.json               the run's summary (as ``ctfa train`` prints it), written when the
+                             command ends having applied at least one step: a finished run
+                             of the workspace (:mod:`ctfa_cli.workspace`)
 
 Reproducibility: the data order, the augmentation and every random draw of a step are pure
 functions of ``(seed, step, rank)`` (see :mod:`ctfa_cli.training.data`; the global torch RNG is
@@ -32,7 +35,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +64,7 @@ from ctfa_cli.training.data import (
 )
 from ctfa_cli.training.optim import build_optimizer
 from ctfa_cli.training.step import CTFAStep
+from ctfa_cli.workspace import RUN_JSON, write_run_record
 
 log = logging.getLogger("ctfa.training.loop")
 
@@ -74,6 +78,8 @@ BEST_PT = "best.pt"
 BAR_TERMS = ("loss", "cls", "ctc", "ptc", "seg")
 # Seed domain of the model initialisation (data and steps use the others in data.py).
 INIT = 3
+# Share of skipped (non-finite) steps above which the run ends with a warning.
+SKIPPED_WARN_FRACTION = 0.05
 
 
 @dataclass
@@ -89,6 +95,8 @@ class TrainResult:
         best_checkpoint: ``RUN_DIR/checkpoints/best.pt``, or None when not written.
         model: the trained network (in train mode, on the training device), on every rank.
         rank: this process' rank (0 without torchrun); rank 0 wrote the RUN_DIR.
+        dataset: the dataset spec's name; ``classes`` its class names.
+        data_dir: the DATA_DIR trained on.
     """
 
     run_dir: Path
@@ -99,6 +107,32 @@ class TrainResult:
     best_checkpoint: Path | None
     model: CTFANetwork
     rank: int = 0
+    dataset: str = ""
+    classes: list[str] = field(default_factory=list)
+    data_dir: Path | None = None
+
+    @property
+    def applied(self) -> int:
+        """Steps that changed the weights (``step - skipped``)."""
+        return self.step - self.skipped
+
+    def to_json(self) -> dict[str, Any]:
+        """The run's summary: what ``ctfa train`` prints and ``RUN_DIR/run.json`` holds
+        (``run_dir`` first, so that ``jq -r .run_dir`` and ``head -1`` find it)."""
+        return {
+            "run_dir": str(self.run_dir.absolute()),
+            "dataset": self.dataset,
+            "classes": list(self.classes),
+            "data_dir": str(self.data_dir.absolute()) if self.data_dir else None,
+            "step": self.step,
+            "skipped": self.skipped,
+            "applied_steps": self.applied,
+            "skipped_fraction": round(self.skipped / self.step, 6) if self.step else 0.0,
+            "best_seg_miou": self.best_miou,
+            "last_checkpoint": str(self.last_checkpoint.absolute()),
+            "best_checkpoint": (str(self.best_checkpoint.absolute())
+                                if self.best_checkpoint else None),
+        }
 
 
 @dataclass
@@ -276,12 +310,21 @@ def _train(data: DataDir, paths: _RunPaths, cfg: TrainConfig, model: CTFANetwork
                 _evaluate_and_save(model, data, cfg, optimizer, val_split, paths, state, proc)
     if proc.world_size > 1:
         dist.barrier()
-    return TrainResult(
+    ran = max(state["step"] - start, 0)
+    if ran and state["skipped"] / max(state["step"], 1) > SKIPPED_WARN_FRACTION:
+        log.warning("%d of %d steps (%.0f%%) were skipped as non-finite: the run is unstable; "
+                    "lower the lr, try --set amp=none or look for bad chips", state["skipped"],
+                    state["step"], 100 * state["skipped"] / state["step"])
+    result = TrainResult(
         run_dir=paths.root, step=state["step"], skipped=state["skipped"],
         best_miou=state["best_miou"], last_checkpoint=paths.last,
         best_checkpoint=paths.best if paths.best.is_file() else None, model=model,
-        rank=proc.rank,
+        rank=proc.rank, dataset=spec.name, classes=list(spec.classes), data_dir=data.root,
     )
+    if proc.is_main and result.applied > 0:
+        # run.json marks a run that trained: `ctfa predict` picks the newest of these.
+        write_run_record(paths.root, result.to_json())
+    return result
 
 
 def _evaluate_and_save(model: CTFANetwork, data: DataDir, cfg: TrainConfig, optimizer,
@@ -335,7 +378,7 @@ class _RunPaths:
 
     @property
     def owned(self) -> list[Path]:
-        return [self.config, self.log, self.metrics, self.checkpoints]
+        return [self.config, self.log, self.metrics, self.checkpoints, self.root / RUN_JSON]
 
     def prepare(self, *, overwrite: bool, resume_step: int | None) -> None:
         """Create the RUN_DIR; ``overwrite`` removes an earlier run's outputs (only those);
@@ -488,6 +531,7 @@ class _Meter:
         record.update({k: float(v) / self.counts[k] for k, v in self.sums.items()})
         record["img_per_s"] = images_per_step * (step - self.step) / elapsed
         record["skipped"] = state["skipped"]
+        record["skipped_fraction"] = round(state["skipped"] / max(step, 1), 6)
         self.sums, self.counts = {}, {}
         self.tic, self.step = time.perf_counter(), step
         return record
@@ -495,7 +539,8 @@ class _Meter:
 
 def _format_record(record: dict[str, Any]) -> str:
     terms = " ".join(f"{k} {v:.4f}" for k, v in record.items()
-                     if k not in ("kind", "step", "lr", "img_per_s", "skipped"))
+                     if k not in ("kind", "step", "lr", "img_per_s", "skipped",
+                                  "skipped_fraction"))
     terms = terms or "every step since the last line skipped"
     return (f"step {record['step']} · lr {record['lr']:.3e} · {terms} · "
             f"{record['img_per_s']:.1f} img/s · skipped {record['skipped']}")

@@ -51,3 +51,52 @@ def test_config_typo_is_a_usage_error(run_cli, datadir, tmp_path):
                            "--set", "crop_size=-1")
     assert code == 2 and "crop_size" in err and err.strip().count("\n") == 0
     assert not (tmp_path / "r").exists()
+
+
+def test_a_run_that_applied_no_step_exits_1(run_cli, datadir, tmp_path, monkeypatch):
+    import ctfa_cli.training.step as step_module
+
+    def nan_loss(logits, labels):
+        return logits.sum() * float("nan")
+
+    monkeypatch.setattr(step_module, "cls_loss", nan_loss)
+    run = tmp_path / "run"
+    code, out, err = run_cli("train", "--data", datadir, "--out", run, "--preset", "cpu",
+                             "--max-iters", "2", *tiny_set_options(), "--device", "cpu")
+    assert code == 1
+    summary = json.loads(out)
+    assert (summary["step"], summary["skipped"], summary["applied_steps"]) == (2, 2, 0)
+    assert summary["skipped_fraction"] == 1.0
+    assert "all 2 steps were skipped as non-finite" in err and "initial weights" in err
+    assert "Traceback" not in err
+    log = (run / "train.log").read_text()
+    assert "2 of 2 steps (100%) were skipped as non-finite" in log
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["kind"] == "train"]
+    assert train_records[-1]["skipped"] == 2 and train_records[-1]["skipped_fraction"] == 1.0
+
+
+def test_a_skipped_share_under_the_threshold_is_not_warned(run_cli, datadir, tmp_path,
+                                                           monkeypatch):
+    # 1 skipped step of 3 (33 %) with the threshold raised to 50 %: applied, exit 0, no warning.
+    import ctfa_cli.training.loop as loop
+    import ctfa_cli.training.step as step_module
+
+    monkeypatch.setattr(loop, "SKIPPED_WARN_FRACTION", 0.5)
+
+    calls = {"n": 0}
+    real = step_module.cls_loss
+
+    def nan_once(logits, labels):
+        calls["n"] += 1
+        loss = real(logits, labels)
+        return loss * float("nan") if calls["n"] == 1 else loss
+
+    monkeypatch.setattr(step_module, "cls_loss", nan_once)
+    run = tmp_path / "run"
+    code, out, err = run_cli("train", "--data", datadir, "--out", run, "--preset", "cpu",
+                             "--max-iters", "3", *tiny_set_options(), "--device", "cpu")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert (summary["skipped"], summary["applied_steps"]) == (1, 2)
+    assert "were skipped as non-finite" not in (run / "train.log").read_text()

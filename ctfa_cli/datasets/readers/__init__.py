@@ -8,6 +8,7 @@ shared tiler (:func:`ctfa_cli.datasets.tiling.build_datadir`) does the rest. The
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,8 +34,61 @@ READERS: dict[str, Reader] = {
     "folder": read_folder,
 }
 
-__all__ = ["READERS", "prepare_benchmark", "prepare_folder", "read_deepglobe", "read_folder",
-           "read_isaid", "read_potsdam", "read_vaihingen"]
+
+
+@dataclass(frozen=True)
+class Release:
+    """Where a benchmark is downloaded and what of it goes into its raw folder.
+
+    Attributes:
+        contents: the archives or folders to unpack into the folder (one phrase).
+        url: the page to download them from (docs/datasets.md gives the layouts).
+    """
+
+    contents: str
+    url: str
+
+
+RELEASES: dict[str, Release] = {
+    "potsdam": Release(
+        "unzip Potsdam.zip and the archives inside it (3_Ortho_IRRG.zip or 4_Ortho_RGBIR.zip, "
+        "5_Labels_all.zip) into it",
+        "https://www.isprs.org/education/benchmarks/UrbanSemLab/2d-sem-label-potsdam.aspx"),
+    "vaihingen": Release(
+        "unzip ISPRS_semantic_labeling_Vaihingen.zip (top/) and "
+        "ISPRS_semantic_labeling_Vaihingen_ground_truth_COMPLETE.zip into it",
+        "https://www.isprs.org/education/benchmarks/UrbanSemLab/2d-sem-label-vaihingen.aspx"),
+    "isaid": Release(
+        "put the DOTA-v1.0 train and val images (part1-3.zip) in train/images/ and "
+        "val/images/, and iSAID's Semantic_masks/images.zip of each in "
+        "train/Semantic_masks/ and val/Semantic_masks/ (images from "
+        "https://captain-whu.github.io/DOTA/dataset.html)",
+        "https://captain-whu.github.io/iSAID/dataset.html"),
+    "deepglobe": Release(
+        "unzip the Land Cover challenge archive so that train/ (the 803 *_sat.jpg with their "
+        "*_mask.png) is in it (e.g. the Kaggle copy balraj98/"
+        "deepglobe-land-cover-classification-dataset)",
+        "http://deepglobe.org/challenge.html"),
+}
+
+
+def release_missing(dataset: str, folder: Path, origin: str = "") -> CtfaError:
+    """The error for a benchmark whose raw release is not at its default ``folder``.
+
+    Args:
+        dataset: a key of :data:`RELEASES`.
+        folder: ``<raw folder>/<dataset>``.
+        origin: what set the raw folder (`` (raw folder set by …)``), or empty for the default.
+    """
+    release = RELEASES[dataset]
+    state = "is empty" if folder.is_dir() else "does not exist"
+    return CtfaError(f"no {dataset} release: {folder} {state}{origin}; {release.contents}, "
+                     f"from {release.url}; or pass the unpacked release as SOURCE")
+
+
+__all__ = ["READERS", "RELEASES", "Release", "prepare_benchmark", "prepare_folder",
+           "read_deepglobe", "read_folder", "read_isaid", "read_potsdam", "read_vaihingen",
+           "release_missing"]
 
 
 def prepare_benchmark(
