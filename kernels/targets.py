@@ -15,6 +15,7 @@ On a GPU, ``CompiledKernel.n_regs``/``n_spills`` give the same figures from the 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -183,23 +184,52 @@ def format_row(result: Compiled) -> str:
             f"words, {result.shared_bytes} B shared")
 
 
+def as_record(result: Compiled) -> dict[str, Any]:
+    """One compiled launch as a JSON object (what ``--json`` prints, one per line)."""
+    return {"name": result.launch.name, "kernel": result.launch.kernel.__name__,
+            "arch": result.arch, "variant": "aligned" if result.aligned else "generic",
+            "registers": result.registers, "spills": result.spills,
+            "shared_bytes": result.shared_bytes}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m kernels.targets [--arch 80 --arch 90]``: the resource table on stdout;
-    exit 1 on a spill or a compile error, 2 when this machine cannot compile."""
+    """``python -m kernels.targets [--arch 80 --arch 90] [--variant generic] [--json]``: the
+    resource table on stdout (``--json``: one JSON object per compiled launch, and one with an
+    ``error`` for a launch that does not compile); exit 1 on a spill or a compile error, 2 when
+    this machine cannot compile."""
     parser = argparse.ArgumentParser(prog="python -m kernels.targets", description=__doc__)
     parser.add_argument("--arch", type=int, action="append", choices=(75, 80, 86, 89, 90),
                         help="compute capability (repeatable; default 80 and 90)")
+    parser.add_argument("--variant", choices=("generic", "aligned", "both"), default="both",
+                        help="argument specialisation to compile (default both)")
+    parser.add_argument("--json", action="store_true", help="JSON lines instead of the table")
     args = parser.parse_args(argv)
     os.environ.pop("TRITON_INTERPRET", None)
     problem = tool_problem()
     if problem:
         print(f"kernels.targets: cannot compile here: {problem}", file=sys.stderr)
         return 2
-    spilled = False
-    for result in compile_all(tuple(args.arch or ARCHS)):
-        print(format_row(result))
-        spilled |= result.spills > 0
-    return 1 if spilled else 0
+    variants = {"generic": (False,), "aligned": (True,), "both": (False, True)}[args.variant]
+    failed = False
+    for launch in launches():
+        for arch in tuple(args.arch or ARCHS):
+            for aligned in variants:
+                try:
+                    result = compile_launch(launch, arch, aligned=aligned)
+                except Exception as error:  # report every launch, then fail
+                    failed = True
+                    message = f"{type(error).__name__}: {error}"
+                    if args.json:
+                        print(json.dumps({"name": launch.name, "kernel": launch.kernel.__name__,
+                                          "arch": arch,
+                                          "variant": "aligned" if aligned else "generic",
+                                          "error": message}))
+                    else:
+                        print(f"sm_{arch} {launch.name}: does not compile: {message}")
+                    continue
+                print(json.dumps(as_record(result)) if args.json else format_row(result))
+                failed |= result.spills > 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
