@@ -100,6 +100,30 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def current_index(device: torch.device) -> int | None:
+    """The CUDA device to make current for work on ``device`` (None: nothing to select).
+
+    Triton kernels and NCCL run on the *current* CUDA device, not on their tensors' device, and
+    a process that never selects one opens a context on GPU 0: so a process working on
+    ``cuda:N`` makes ``N`` current first (single-process ``--device cuda:N``, and every rank of
+    ``torchrun``, whose ``cuda`` resolves to ``cuda:$LOCAL_RANK``).
+
+    Args:
+        device: a resolved device (:func:`resolve_device`); a CUDA device without an index
+            counts as ``cuda:0``, what PyTorch makes of it.
+    """
+    if device.type != "cuda":
+        return None
+    return 0 if device.index is None else device.index
+
+
+def make_current(device: torch.device | str) -> None:
+    """``torch.cuda.set_device`` to :func:`current_index` of ``device``; nothing on CPU."""
+    index = current_index(torch.device(device))
+    if index is not None:
+        torch.cuda.set_device(index)
+
+
 class BundlePredictor:
     """A model bundle as a :class:`Predictor`: softmax of ``model.segment``.
 
@@ -121,6 +145,7 @@ class BundlePredictor:
         self.amp = check_amp(amp)
         self.spec: DatasetSpec = bundle.spec
         self.device = torch.device(device)
+        make_current(self.device)  # before the model's tensors reach the device
         self.model = bundle.model.to(self.device).eval()
         self.patch_size: int = self.model.encoder.patch_size[0]
         self.tta = tta
@@ -136,6 +161,7 @@ class BundlePredictor:
         """
         from ctfa_cli.model.bundle import load_bundle
 
+        make_current(device)  # loading puts the weights on the device already
         return cls(load_bundle(path, device), device, tta=tta, amp=amp)
 
     @torch.inference_mode()

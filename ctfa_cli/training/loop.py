@@ -49,7 +49,7 @@ from ctfa_cli.config import RUN_CONFIG_FORMAT, DatasetSpec, TrainConfig, resolve
 from ctfa_cli.datasets.datadir import DataDir
 from ctfa_cli.errors import CtfaError, CtfaUsageError
 from ctfa_cli.evaluation.evaluate import evaluate_split
-from ctfa_cli.inference.predict import resolve_device
+from ctfa_cli.inference.predict import make_current, resolve_device
 from ctfa_cli.io import atomic_path
 from ctfa_cli.model.bundle import load_bundle, save_bundle
 from ctfa_cli.model.network import CTFANetwork
@@ -446,6 +446,9 @@ def _start_process(device: str) -> _Process:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     resolved = resolve_device(device)
     if world_size <= 1:
+        # --device cuda:N: the Triton kernels launch on the current device (kernels.launch
+        # also enters the tensors' device per launch; this covers everything else).
+        make_current(resolved)
         return _Process(0, 1, resolved, owns_group=False)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if resolved.type == "cuda":
