@@ -187,6 +187,10 @@ class TrainConfig(StrictModel):
     # bf16: the step's forward under bfloat16 autocast, on CUDA and on CPU alike (faster on
     # CPUs with native bfloat16, slower on others; see ctfa_cli.precision).
     amp: Literal["none", "bf16"] = "none"
+    # tf32: on CUDA, float32 matrix products and convolutions may use TF32 (Ampere and later),
+    # as they did in the official runs (PyTorch 1.8 allowed TF32 by default); false: strict
+    # float32. No effect on CPU (see ctfa_cli.precision.tf32_flags).
+    tf32: bool = True
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:

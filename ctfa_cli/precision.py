@@ -1,9 +1,11 @@
 """Mixed precision: the one switch shared by training (``amp`` in the config) and the inference
-verbs (``--amp`` of ``predict``, ``evaluate`` and ``pseudolabel``)."""
+verbs (``--amp`` of ``predict``, ``evaluate`` and ``pseudolabel``), and TF32 for the float32
+matrix products and convolutions of a CUDA training run (``tf32`` in the config)."""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 
 import torch
@@ -46,3 +48,40 @@ def check_amp(amp: str) -> str:
     if amp not in AMP_MODES:
         raise CtfaUsageError(f"unknown amp {amp!r}; choose one of {', '.join(AMP_MODES)}")
     return amp
+
+
+def tf32_flags(tf32: bool, device: torch.device) -> bool | None:
+    """What ``torch.backends.cuda.matmul.allow_tf32`` and ``torch.backends.cudnn.allow_tf32``
+    are set to for a training run on ``device`` (None: left alone).
+
+    TF32 (10-bit mantissa inputs, float32 accumulation) is a CUDA feature of Ampere and later
+    GPUs; it changes nothing elsewhere, so a CPU run leaves the flags as they are and its
+    results do not depend on ``tf32``. Under ``amp: bf16`` the flag concerns only the products
+    autocast keeps in float32.
+
+    Args:
+        tf32: the config's ``tf32``: True allows TF32, False is strict IEEE float32 (also for
+            convolutions, which PyTorch otherwise runs in TF32 by default).
+        device: the training device.
+    """
+    return tf32 if device.type == "cuda" else None
+
+
+@contextlib.contextmanager
+def tf32_mode(tf32: bool, device: torch.device) -> Iterator[None]:
+    """Set the TF32 flags :func:`tf32_flags` decides for the ``with`` block, restore them after.
+
+    Uses the ``allow_tf32`` flags only (PyTorch refuses a mix of them and the newer
+    ``fp32_precision`` settings in one process).
+    """
+    flag = tf32_flags(tf32, device)
+    if flag is None:
+        yield
+        return
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = flag
+    torch.backends.cudnn.allow_tf32 = flag
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -53,7 +53,7 @@ from ctfa_cli.inference.predict import make_current, resolve_device
 from ctfa_cli.io import atomic_path
 from ctfa_cli.model.bundle import load_bundle, save_bundle
 from ctfa_cli.model.network import CTFANetwork
-from ctfa_cli.precision import autocast
+from ctfa_cli.precision import autocast, tf32_mode
 from ctfa_cli.progress import progress_bar
 from ctfa_cli.training.data import (
     STEP,
@@ -235,7 +235,8 @@ def train(data_dir: Path, run_dir: Path, cfg: TrainConfig | None, *, resume: boo
                 paths.prepare(overwrite=overwrite,
                               resume_step=state["step"] if resume else None)
                 paths.write_config(cfg, data.spec, data.root)
-            with _log_file(paths.log if proc.is_main else None):
+            with _log_file(paths.log if proc.is_main else None), \
+                    tf32_mode(cfg.tf32, proc.device):
                 return _train(data, paths, cfg, model, optimizer_state, state, stop, proc)
     finally:
         _end_process(proc)
