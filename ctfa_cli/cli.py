@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from typer.core import TyperGroup
 
 from ctfa_cli import __version__
 from ctfa_cli.commands import demo, evaluate, predict, prepare, pseudolabel, settings, train
 from ctfa_cli.errors import CtfaError
+from ctfa_cli.options import set_home_flag
 
 # Root options users also type after the verb (`ctfa prepare synthetic -q`).
 ROOT_FLAGS = ("-q", "--quiet", "--verbose")
@@ -40,7 +40,7 @@ def _is_root_flag(token: str) -> bool:
 class RootFlagsAnywhere(TyperGroup):
     """Accept ``-v``/``-q`` after the verb too: they are moved before it (never past ``--``)."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         end = args.index("--") if "--" in args else len(args)
         hoisted = [token for token in args[1:end] if _is_root_flag(token)]
         rest = [token for token in args[1:end] if not _is_root_flag(token)]
@@ -93,6 +93,7 @@ def root(
     """Weakly supervised semantic segmentation of remote-sensing imagery with CTFA."""
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     configure_logging(level)
+    set_home_flag(home)
 
 
 def configure_logging(level: int) -> None:

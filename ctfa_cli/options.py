@@ -61,17 +61,23 @@ BandsOpt = Annotated[
 ]
 
 
+# The root ``--home`` flag of this invocation (set by the root callback before any verb runs).
+_home_flag: Path | None = None
+
+
+def set_home_flag(home: Path | None) -> None:
+    """Record the root ``--home`` flag for :func:`current_workspace`."""
+    global _home_flag
+    _home_flag = home
+
+
 def current_workspace():
     """The workspace of this invocation (:func:`ctfa_cli.workspace.resolve_workspace` with the
     root ``--home`` flag), resolved when a verb needs a default place, not before: a broken
     settings file never breaks ``--help`` or a verb given every path."""
-    import click
-
     from ctfa_cli.workspace import resolve_workspace
 
-    context = click.get_current_context(silent=True)
-    home = context.find_root().params.get("home") if context is not None else None
-    return resolve_workspace(home)
+    return resolve_workspace(_home_flag)
 
 
 def chosen_model(model: str | None):

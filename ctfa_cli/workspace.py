@@ -362,9 +362,9 @@ def resolve_model(workspace: Workspace | None,
             return records[-1].checkpoint, records[-1]
     if given.is_dir() and (checkpoint := _run_dir_checkpoint(given)):
         return checkpoint, None
-    raise CtfaError(f"--model {model}: no checkpoint, finished run folder, run name or dataset "
-                    f"with finished runs of that name (runs folder {runs_root.path}"
-                    f"{runs_root.origin}); list runs with `ls {runs_root.path}/*`")
+    raise CtfaError(f"--model {model}: names no checkpoint, finished run folder, run name or "
+                    f"dataset with finished runs in {runs_root.path}{runs_root.origin}; list "
+                    f"them with `ls {runs_root.path}/*`")
 
 
 def _run_dir_checkpoint(run_dir: Path) -> Path | None:

@@ -41,7 +41,11 @@ def report(json_output: bool) -> None:
     table = Table("folder", "path", "source", title=f"settings file: {workspace.settings_file}")
     for root in workspace.roots.values():
         table.add_row(root.name, str(root.path), root.source)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # piped: whole paths, never cut to 80 columns
+        console.width = max(console.width, *(len(str(r.path)) + len(r.source) + 24
+                                             for r in workspace.roots.values()))
+    console.print(table)
 
 
 @app.command("set")

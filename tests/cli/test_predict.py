@@ -67,14 +67,15 @@ def test_one_scene_with_every_output_and_json(run_cli, bundle, scenes, tmp_path)
     assert set(frame.class_name) <= set(SPEC.classes)
 
 
-def test_folder_stdin_and_table(run_cli, bundle, scenes, tmp_path, monkeypatch):
+def test_folder_stdin_and_paths_on_a_pipe(run_cli, bundle, scenes, tmp_path, monkeypatch):
     maps = tmp_path / "maps"
     code, stdout, stderr = run_cli("predict", scenes[0].parent, "-m", bundle, "--out", maps,
                                    "--tile", 64, "--device", "cpu", "--vector", "geojson")
     assert code == 0, stderr
     assert sorted(p.name for p in maps.iterdir()) == [
         "scene0.geojson", "scene0.tif", "scene1.geojson", "scene1.tif"]
-    assert "scene1.tif" in stdout  # the table
+    # stdout is not a terminal: the class COGs' paths, one per line, nothing else
+    assert stdout.splitlines() == [str(maps / "scene0.tif"), str(maps / "scene1.tif")]
     monkeypatch.setattr(sys, "stdin", io.StringIO(f"{scenes[1]}\n"))
     code, stdout, stderr = run_cli("predict", "-", "-m", bundle, "--out", tmp_path / "again",
                                    "--tile", 64, "--device", "cpu", "--json")
