@@ -391,7 +391,8 @@ def plan_run(workspace: Callable[[], Workspace], *, dataset: str | None, data: P
         resume: ``--resume``.
 
     Raises:
-        CtfaUsageError: neither ``dataset`` nor ``data``, or ``name`` with ``out``.
+        CtfaUsageError: neither ``dataset`` nor ``data``, ``name`` with ``out``, or a new run
+            under torchrun (``WORLD_SIZE`` > 1) without ``name`` or ``out``.
         CtfaError: the default DATA_DIR is not prepared (the message gives the ``ctfa prepare``
             command), or there is no run to resume.
     """
@@ -414,6 +415,10 @@ def plan_run(workspace: Callable[[], Workspace], *, dataset: str | None, data: P
     runs = workspace().roots["runs"]
     group = dataset or Path(data).absolute().name
     group_dir = runs.path / group
+    if not resume and name is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Each process would claim its own train<N>: they must be told one folder.
+        raise CtfaUsageError("under torchrun pass --name NAME (or --out RUN_DIR), so that every "
+                             "process trains into the same run folder")
     if not resume or name is not None:
         return Path(data), next_run_folder(group_dir, name)
     newest = newest_started_run(group_dir)

@@ -191,6 +191,17 @@ def test_a_registered_run_points_elsewhere_and_is_refreshed_not_repeated(tmp_pat
     assert [r.run_dir for r in finished_runs(runs, "synthetic")] == [other]
 
 
+def test_under_torchrun_a_new_run_needs_a_name(tmp_path, monkeypatch):
+    workspace = resolve_workspace(environ=environment(tmp_path, CTFA_HOME=str(tmp_path / "h")))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(CtfaUsageError, match="under torchrun pass --name NAME"):
+        plan_run(lambda: workspace, dataset="isaid", data=tmp_path, out=None, name=None,
+                 resume=False)
+    assert not (workspace.runs / "isaid").exists()  # no folder claimed
+    assert plan_run(lambda: workspace, dataset="isaid", data=tmp_path, out=None, name="ddp",
+                    resume=False)[1] == workspace.runs / "isaid" / "ddp"
+
+
 def test_plan_run_defaults(tmp_path):
     workspace = resolve_workspace(environ=environment(tmp_path, CTFA_HOME=str(tmp_path / "h")))
     calls = []
