@@ -136,7 +136,7 @@ class DemoResult:
         """JSON-ready summary: metrics without confusion matrices, files, timings."""
         from ctfa_cli.evaluation.report import jsonable
 
-        keep = ("miou", "mf1", "oa", "kappa", "iou", "f1", "present", "pixels",
+        keep = ("miou", "mf1", "mf1_official", "oa", "kappa", "iou", "f1", "present", "pixels",
                 "ignored_predictions")
         return jsonable({
             "out": str(self.out),

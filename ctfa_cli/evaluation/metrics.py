@@ -7,7 +7,13 @@ as ``p``):
   ``recall = TP / Σ_p M[c, p]`` (of what truly is ``c``),
   ``F1 = 2·P·R / (P + R)``, ``IoU = TP / (Σ_t M[t, c] + Σ_p M[c, p] − TP)``.
 * ``mIoU`` and ``mF1`` average over the classes **present in the ground truth** (a class absent
-  from the split would otherwise count as 0 or be undefined).
+  from the split would otherwise count as 0 or be undefined). A present class that is never
+  predicted right (TP = 0) has F1 = 0 and counts in ``mF1``.
+* ``mf1_official`` is mF1 as the official ``utils/evaluate.py::scores`` computes it: the same
+  per-class F1 from the confusion matrix, but where its NumPy division gives NaN — a present class
+  never predicted at all, or predicted only where it is not (TP = 0, so P + R = 0) — the class is
+  left out of the mean (``np.nanmean``) instead of counting 0. It is never below ``mf1`` and is
+  the figure to put beside the paper's F1 columns; ``mf1`` is the stricter one.
 * ``OA = trace(M) / ΣM``; Cohen's ``kappa = (OA − p_e) / (1 − p_e)`` with
   ``p_e = Σ_c (row_c · col_c) / (ΣM)²``.
 
@@ -87,7 +93,8 @@ class ConfusionMatrix:
         """Return the metrics as plain Python numbers.
 
         Returns:
-            ``miou``, ``mf1``, ``oa``, ``kappa`` (floats), per-class lists ``iou``, ``f1``,
+            ``miou``, ``mf1``, ``mf1_official``, ``oa``, ``kappa`` (floats), per-class lists
+            ``iou``, ``f1``,
             ``precision``, ``recall`` (NaN where undefined), ``present`` (bools: class in the
             ground truth), ``pixels`` (counted pixels) and ``ignored_predictions``.
         """
@@ -103,6 +110,11 @@ class ConfusionMatrix:
         f1 = torch.where(denom > 0, 2 * precision * recall / denom, torch.zeros_like(denom))
         f1 = torch.where(torch.isnan(precision) | torch.isnan(recall), nan, f1)
         f1 = torch.where((actual > 0) & (predicted == 0), torch.zeros_like(f1), f1)
+        # The official F1: NaN (left out of the mean) wherever 0/0 occurs; rows without the
+        # undecided predictions, as the reference's histogram has no place for them.
+        rows = m.sum(1)
+        official = 2 * tp / (rows + predicted)  # = 2PR / (P + R); NaN when TP = 0
+        official = torch.where((tp > 0) & (rows > 0), official, nan)
         union = actual + predicted - tp
         iou = torch.where(union > 0, tp / union.clamp(min=1), nan)
         present = actual > 0
@@ -112,6 +124,8 @@ class ConfusionMatrix:
         return {
             "miou": float(iou[present].mean()) if present.any() else float("nan"),
             "mf1": float(f1[present].mean()) if present.any() else float("nan"),
+            "mf1_official": (float(official[rows > 0].nanmean()) if (rows > 0).any()
+                             else float("nan")),
             "oa": oa,
             "kappa": kappa,
             "iou": iou.tolist(),

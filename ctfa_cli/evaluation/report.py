@@ -85,7 +85,8 @@ def metrics_table(metrics: dict, class_names: Sequence[str], *, title: str) -> T
                   _number(metrics["mf1"]), f"{metrics['pixels']:,}", style="bold")
     undecided = metrics["ignored_predictions"] / metrics["pixels"] if metrics["pixels"] else 0.0
     table.caption = (f"OA {_number(metrics['oa'])} · kappa {_number(metrics['kappa'])} · "
-                     f"undecided predictions {undecided:.2%}")
+                     f"mF1 as the official code {_number(metrics['mf1_official'])} (classes "
+                     f"never predicted right left out) · undecided predictions {undecided:.2%}")
     table.caption_justify = "left"
     return table
 

@@ -57,6 +57,37 @@ def test_mean_over_present_classes_only():
     assert got["miou"] == pytest.approx((2 / 3 + 1 / 2) / 2)
 
 
+def test_official_mf1_leaves_out_classes_never_predicted_right():
+    # truth:      0 0 0 1 1 2 2 3
+    # prediction: 0 0 1 0 0 3 3 3
+    # class 0: TP 2, 3 true, 4 predicted → F1 = 2·2 / (3 + 4) = 4/7
+    # class 1: TP 0, predicted once where it is not → F1 0 (NaN in the official code)
+    # class 2: TP 0, never predicted → F1 0 (NaN in the official code)
+    # class 3: TP 1, 1 true, 3 predicted → F1 = 2·1 / (1 + 3) = 1/2
+    cm = ConfusionMatrix(5)
+    cm.update(torch.tensor([0, 0, 1, 0, 0, 3, 3, 3]), torch.tensor([0, 0, 0, 1, 1, 2, 2, 3]))
+    got = cm.compute()
+    assert got["f1"][:4] == pytest.approx([4 / 7, 0, 0, 1 / 2])
+    assert got["mf1"] == pytest.approx((4 / 7 + 1 / 2) / 4)  # class 4 is absent: not counted
+    assert got["mf1_official"] == pytest.approx((4 / 7 + 1 / 2) / 2)
+
+
+def test_official_mf1_is_the_reference_formula_on_random_labels():
+    # utils/evaluate.py::scores of the official code, typed out in NumPy.
+    rng = np.random.default_rng(3)
+    target = rng.integers(0, 6, 500)
+    pred = np.where(rng.random(500) < 0.5, target, rng.integers(0, 4, 500))  # 4, 5 never
+    hist = np.bincount(6 * target + pred, minlength=36).reshape(6, 6).astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.diag(hist) / hist.sum(axis=1)
+        recall = np.diag(hist) / hist.sum(axis=0)
+        f1 = 2 * (precision * recall) / (precision + recall)
+    expected = np.nanmean(f1[hist.sum(axis=1) > 0])
+    cm = ConfusionMatrix(6)
+    cm.update(torch.from_numpy(pred), torch.from_numpy(target))
+    assert cm.compute()["mf1_official"] == pytest.approx(expected, rel=1e-12)
+
+
 def test_undecided_predictions_are_misses():
     cm = ConfusionMatrix(2)
     cm.update(torch.tensor([0, 255, 1, 1]), torch.tensor([0, 0, 1, 1]))
