@@ -79,6 +79,12 @@ NoBoundaryOpt = Annotated[
     bool, typer.Option("--no-boundary", help="Use the eroded ISPRS labels; their black "
                        "boundary pixels are ignored.")
 ]
+CarvedValOpt = Annotated[
+    float | None, typer.Option("--val-fraction", min=0, max=1, help="Fraction of the training "
+                               "scenes moved to a val split (seeded, by scene), so that best.pt "
+                               "is not chosen on the test split [default: 0.1; 0 with "
+                               "--paper-split, as the official scripts].", show_default=False)
+]
 ValFractionOpt = Annotated[
     float, typer.Option("--val-fraction", min=0, max=1, help="Fraction of scenes in val "
                         "(seeded split by scene).")
@@ -105,6 +111,12 @@ def _benchmark(dataset: str, source: Path | None, out: Path | None, tile: int | 
     report(summary, json_output)
 
 
+def _val_fraction(given: float | None, *, official: bool = False) -> float:
+    from ctfa_cli.datasets.readers import DEFAULT_VAL_FRACTION
+
+    return given if given is not None else 0.0 if official else DEFAULT_VAL_FRACTION
+
+
 @app.command("potsdam")
 def potsdam(
     source: SourceArg = None,
@@ -115,8 +127,10 @@ def potsdam(
                    ] = False,
     no_boundary: NoBoundaryOpt = False,
     paper_split: Annotated[bool, typer.Option(
-        "--paper-split", help="The CTFA paper's split: training tiles 4_12 and 7_10 left out.")
-    ] = False,
+        "--paper-split", help="The CTFA paper's split: training tiles 4_12 and 7_10 left out "
+        "(and no val split unless --val-fraction is given).")] = False,
+    val_fraction: CarvedValOpt = None,
+    seed: SeedOpt = 0,
     tile: TileOpt = None,
     stride: StrideOpt = None,
     workers: WorkersOpt = 0,
@@ -126,7 +140,8 @@ def potsdam(
     """ISPRS Potsdam from the ISPRS release folders (2_Ortho_RGB, 3_Ortho_IRRG, 5_Labels_all …)."""
     _benchmark("potsdam", source, out, tile, stride, workers, overwrite, json_output,
                bands=bands, dsm=dsm, no_boundary=no_boundary,
-               split="paper" if paper_split else "standard")
+               split="paper" if paper_split else "standard",
+               val_fraction=_val_fraction(val_fraction, official=paper_split), seed=seed)
 
 
 @app.command("vaihingen")
@@ -134,6 +149,8 @@ def vaihingen(
     source: SourceArg = None,
     out: DataOutOpt = None,
     no_boundary: NoBoundaryOpt = False,
+    val_fraction: CarvedValOpt = None,
+    seed: SeedOpt = 0,
     tile: TileOpt = None,
     stride: StrideOpt = None,
     workers: WorkersOpt = 0,
@@ -142,7 +159,7 @@ def vaihingen(
 ) -> None:
     """ISPRS Vaihingen from the release (top/ and the complete ground truth)."""
     _benchmark("vaihingen", source, out, tile, stride, workers, overwrite, json_output,
-               no_boundary=no_boundary)
+               no_boundary=no_boundary, val_fraction=_val_fraction(val_fraction), seed=seed)
 
 
 @app.command("isaid")
@@ -152,6 +169,8 @@ def isaid(
     palette: Annotated[Path | None, typer.Option(
         "--palette", help="YAML with `palette: [[r, g, b], …]` replacing the devkit colours.")
     ] = None,
+    val_fraction: CarvedValOpt = None,
+    seed: SeedOpt = 0,
     tile: TileOpt = None,
     stride: StrideOpt = None,
     workers: WorkersOpt = 0,
@@ -160,7 +179,7 @@ def isaid(
 ) -> None:
     """iSAID: DOTA images with iSAID semantic masks, train/ and val/ (val becomes test)."""
     _benchmark("isaid", source, out, tile, stride, workers, overwrite, json_output,
-               palette=palette)
+               palette=palette, val_fraction=_val_fraction(val_fraction), seed=seed)
 
 
 @app.command("deepglobe")

@@ -24,6 +24,11 @@ from tests.datasets.fake_layouts import (
 )
 
 IGNORE = 255
+# The ISPRS Potsdam split, typed from the benchmark's web page (not the reader's constants).
+ISPRS_TRAIN = ({(r, c) for r in (2, 3, 4, 5) for c in (10, 11, 12)}
+               | {(r, c) for r in (6, 7) for c in range(7, 13)})
+ISPRS_TEST = {(2, 13), (2, 14), (3, 13), (3, 14), (4, 13), (4, 14), (4, 15), (5, 13), (5, 14),
+              (5, 15), (6, 13), (6, 14), (6, 15), (7, 13)}
 
 
 def offsets(length: int, tile: int) -> list[int]:
@@ -77,9 +82,15 @@ def test_potsdam_irrg_with_dsm(run_cli, tmp_path):
                           folders=("1_DSM_normalisation", "3_Ortho_IRRG", "5_Labels_all"))
     summary = prepare_json(run_cli, "potsdam", tmp_path / "src", "--out", tmp_path / "d",
                            "--tile", 32, "--dsm")
-    assert summary["scenes"] == {"train": 24, "test": 14}
-    assert summary["chips"] == {"train": 96, "test": 56}
+    # 10 % of the 24 ISPRS training tiles (2) carved into val; the 14 test tiles untouched.
+    assert summary["scenes"] == {"train": 22, "val": 2, "test": 14}
+    assert summary["chips"] == {"train": 88, "val": 8, "test": 56}
     data = DataDir.open(tmp_path / "d")
+    splits = data.chips.groupby("scene_id")["split"].first()
+    val_tiles = {tuple(map(int, s.split("_")[1:])) for s in splits[splits == "val"].index}
+    assert val_tiles < ISPRS_TRAIN
+    assert {tuple(map(int, s.split("_")[1:])) for s in splits[splits == "test"].index} == \
+        ISPRS_TEST
     assert data.spec.bands == ["ir", "r", "g", "ndsm"]
     assert data.chips.crs.to_epsg() == 32633
 
@@ -99,7 +110,7 @@ def test_potsdam_paper_split_no_boundary(run_cli, tmp_path):
                           folders=("4_Ortho_RGBIR", "5_Labels_all_noBoundary"))
     summary = prepare_json(run_cli, "potsdam", tmp_path / "src", "--out", tmp_path / "d",
                            "--paper-split", "--no-boundary", "--bands", "rgbir")
-    assert summary["scenes"] == {"train": 22, "test": 14}
+    assert summary["scenes"] == {"train": 22, "test": 14}  # the official scripts: no val
     data = DataDir.open(tmp_path / "d")
     assert "potsdam_4_12" not in set(data.chips["scene_id"])
     eroded = {k: v for k, v in layout.eroded.items() if k not in ("potsdam_4_12", "potsdam_7_10")}
@@ -108,11 +119,30 @@ def test_potsdam_paper_split_no_boundary(run_cli, tmp_path):
     assert (np.stack(list(eroded.values())) == IGNORE).any()  # boundaries are ignored
 
 
+def test_carved_val_split_follows_fraction_and_seed(run_cli, tmp_path):
+    make_potsdam(tmp_path / "src", size=24, folders=("3_Ortho_IRRG", "5_Labels_all"))
+
+    def val_scenes(*options):
+        out = tmp_path / "-".join(map(str, options))
+        summary = prepare_json(run_cli, "potsdam", tmp_path / "src", "--out", out, *options)
+        chips = DataDir.open(out).chips
+        return summary["scenes"], set(chips.loc[chips["split"] == "val", "scene_id"])
+
+    scenes, paper = val_scenes("--paper-split", "--val-fraction", 0.2)
+    assert scenes == {"train": 18, "val": 4, "test": 14}  # round(22 · 0.2)
+    assert not paper & {"potsdam_4_12", "potsdam_7_10"}
+    _, seed0 = val_scenes("--val-fraction", 0.25)
+    _, again = val_scenes("--val-fraction", 0.25, "--seed", 0, "--workers", 0)
+    _, seed1 = val_scenes("--val-fraction", 0.25, "--seed", 1)
+    assert len(seed0) == 6 and seed0 == again and seed1 != seed0
+    assert val_scenes("--val-fraction", 0)[0] == {"train": 24, "test": 14}
+
+
 def test_vaihingen_varying_sizes(run_cli, tmp_path):
     layout = make_vaihingen(tmp_path / "src", eroded=False)
     summary = prepare_json(run_cli, "vaihingen", tmp_path / "src", "--out", tmp_path / "d",
                            "--tile", 32)
-    assert summary["scenes"] == {"train": 16, "test": 17}
+    assert summary["scenes"] == {"train": 14, "val": 2, "test": 17}  # round(16 · 0.1) val
     data = DataDir.open(tmp_path / "d")
     check_chips(data, layout, 32, masks=layout.masks, every=5)
 
@@ -121,7 +151,8 @@ def test_isaid_pixel_coordinates(run_cli, tmp_path):
     layout = make_isaid(tmp_path / "src")
     summary = prepare_json(run_cli, "isaid", tmp_path / "src", "--out", tmp_path / "d",
                            "--tile", 32)
-    assert summary["scenes"] == {"train": 3, "test": 2}
+    # round(3 · 0.1) = 0 val images would select on the test split: one is carved.
+    assert summary["scenes"] == {"train": 2, "val": 1, "test": 2}
     data = DataDir.open(tmp_path / "d")
     assert data.chips.crs is None
     row = data.chips[data.chips["chip_id"] == "isaid_P0000_r8_c24"].iloc[0]

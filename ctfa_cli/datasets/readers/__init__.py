@@ -16,6 +16,7 @@ from ctfa_cli.config import DatasetSpec
 from ctfa_cli.datasets.readers.deepglobe import read_deepglobe
 from ctfa_cli.datasets.readers.folder import read_folder
 from ctfa_cli.datasets.readers.isaid import read_isaid
+from ctfa_cli.datasets.readers.layout import carve_validation
 from ctfa_cli.datasets.readers.potsdam import read_potsdam
 from ctfa_cli.datasets.readers.vaihingen import read_vaihingen
 from ctfa_cli.datasets.scenes import SceneRecord
@@ -34,6 +35,12 @@ READERS: dict[str, Reader] = {
     "folder": read_folder,
 }
 
+
+#: Benchmarks released with train and test splits only: ``prepare`` carves their val split from
+#: the training scenes (DeepGlobe's reader splits its one labelled folder itself).
+CARVED_VAL = ("potsdam", "vaihingen", "isaid")
+#: The share of training scenes carved into val by default (ISPRS: 2 of 24 / 16 tiles).
+DEFAULT_VAL_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
@@ -86,9 +93,9 @@ def release_missing(dataset: str, folder: Path, origin: str = "") -> CtfaError:
                      f"from {release.url}; or pass the unpacked release as SOURCE")
 
 
-__all__ = ["READERS", "RELEASES", "Release", "prepare_benchmark", "prepare_folder",
-           "read_deepglobe", "read_folder", "read_isaid", "read_potsdam", "read_vaihingen",
-           "release_missing"]
+__all__ = ["CARVED_VAL", "DEFAULT_VAL_FRACTION", "READERS", "RELEASES", "Release",
+           "prepare_benchmark", "prepare_folder", "read_deepglobe", "read_folder", "read_isaid",
+           "read_potsdam", "read_vaihingen", "release_missing"]
 
 
 def prepare_benchmark(
@@ -112,7 +119,9 @@ def prepare_benchmark(
         stride: step between chips in pixels; None: the dataset's.
         workers: tiling worker processes (0: in-process).
         overwrite: replace an existing DATA_DIR.
-        **options: the reader's options (see ``read_<dataset>``).
+        **options: the reader's options (see ``read_<dataset>``); for the datasets of
+            :data:`CARVED_VAL` also ``val_fraction`` and ``seed`` (see
+            :func:`~ctfa_cli.datasets.readers.layout.carve_validation`; default 0: no val).
 
     Raises:
         CtfaUsageError: unknown dataset or invalid option value.
@@ -123,7 +132,11 @@ def prepare_benchmark(
     if dataset not in READERS or dataset == "folder":
         raise CtfaUsageError(f"unknown benchmark {dataset!r}; choose one of "
                              f"{', '.join(name for name in READERS if name != 'folder')}")
+    if dataset in CARVED_VAL:
+        val_fraction, seed = options.pop("val_fraction", 0.0), options.pop("seed", 0)
     spec, scenes = READERS[dataset](source, **options)
+    if dataset in CARVED_VAL:
+        scenes = carve_validation(scenes, val_fraction, seed)
     return build_datadir(scenes, spec, out, tile=tile, stride=stride, workers=workers,
                          overwrite=overwrite, source=str(source))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import warnings
@@ -12,6 +13,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from ctfa_cli.config import DatasetSpec, load_yaml, validation_message
+from ctfa_cli.datasets.scenes import SceneRecord
 from ctfa_cli.errors import CtfaError, CtfaUsageError
 
 log = logging.getLogger("ctfa.datasets.readers")
@@ -100,6 +102,34 @@ def seeded_split(
         splits[ordered[i]] = ("test" if rank < n_test else
                               "val" if rank < n_test + n_val else "train")
     return splits
+
+
+def carve_validation(scenes: Sequence[SceneRecord], fraction: float,
+                     seed: int) -> list[SceneRecord]:
+    """Move a seeded share of the ``train`` scenes to ``val`` (benchmarks whose release has no
+    validation split, so that model selection does not look at the test split).
+
+    ``round(n_train · fraction)`` train scenes, at least one when ``fraction`` > 0, chosen by
+    :func:`seeded_split` on the sorted train ids (so the choice depends only on the ids and the
+    seed); other splits are kept.
+
+    Raises:
+        CtfaUsageError: ``fraction`` outside [0, 1), or no train scene would be left.
+    """
+    train = [s.scene_id for s in scenes if s.split == "train"]
+    if not 0 <= fraction < 1:
+        raise CtfaUsageError(f"--val-fraction {fraction} must be in [0, 1)")
+    if fraction == 0 or not train:
+        return list(scenes)
+    # At least one validation scene: a fraction that rounds to none would silently select on
+    # the test split again.
+    fraction = max(fraction, 0.5 / len(train) + 1e-9)
+    if round(len(train) * fraction) >= len(train):
+        raise CtfaUsageError(f"--val-fraction {fraction:g} leaves none of the {len(train)} "
+                             "training scenes for training; lower it")
+    chosen = seeded_split(train, fraction, 0.0, seed)
+    return [dataclasses.replace(s, split=chosen[s.scene_id]) if s.split == "train" else s
+            for s in scenes]
 
 
 def with_palette(spec: DatasetSpec, path: Path) -> DatasetSpec:
