@@ -79,6 +79,11 @@ NoBoundaryOpt = Annotated[
     bool, typer.Option("--no-boundary", help="Use the eroded ISPRS labels; their black "
                        "boundary pixels are ignored.")
 ]
+IgnoreUnknownOpt = Annotated[
+    bool, typer.Option("--ignore-unknown-colours", help="Make mask colours outside the palette "
+                       "ignore (255) even where they are more than 1 % of a scene's labels "
+                       "(prepare stops there otherwise: a wrong palette looks like this).")
+]
 CarvedValOpt = Annotated[
     float | None, typer.Option("--val-fraction", min=0, max=1, help="Fraction of the training "
                                "scenes moved to a val split (seeded, by scene), so that best.pt "
@@ -96,8 +101,8 @@ TestFractionOpt = Annotated[
 
 
 def _benchmark(dataset: str, source: Path | None, out: Path | None, tile: int | None,
-               stride: int | None, workers: int, overwrite: bool, json_output: bool,
-               **options) -> None:
+               stride: int | None, workers: int, overwrite: bool, ignore_unknown: bool,
+               json_output: bool, **options) -> None:
     from ctfa_cli.datasets.readers import prepare_benchmark, release_missing
     from ctfa_cli.options import current_workspace
 
@@ -107,7 +112,8 @@ def _benchmark(dataset: str, source: Path | None, out: Path | None, tile: int | 
         if not source.is_dir() or not any(source.iterdir()):
             raise release_missing(dataset, source, raw.origin)
     summary = prepare_benchmark(dataset, source, default_out(out, dataset), tile=tile,
-                                stride=stride, workers=workers, overwrite=overwrite, **options)
+                                stride=stride, workers=workers, overwrite=overwrite,
+                                ignore_unknown=ignore_unknown, **options)
     report(summary, json_output)
 
 
@@ -135,10 +141,12 @@ def potsdam(
     stride: StrideOpt = None,
     workers: WorkersOpt = 0,
     overwrite: OverwriteOpt = False,
+    ignore_unknown: IgnoreUnknownOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """ISPRS Potsdam from the ISPRS release folders (2_Ortho_RGB, 3_Ortho_IRRG, 5_Labels_all …)."""
-    _benchmark("potsdam", source, out, tile, stride, workers, overwrite, json_output,
+    _benchmark("potsdam", source, out, tile, stride, workers, overwrite, ignore_unknown,
+               json_output,
                bands=bands, dsm=dsm, no_boundary=no_boundary,
                split="paper" if paper_split else "standard",
                val_fraction=_val_fraction(val_fraction, official=paper_split), seed=seed)
@@ -155,10 +163,12 @@ def vaihingen(
     stride: StrideOpt = None,
     workers: WorkersOpt = 0,
     overwrite: OverwriteOpt = False,
+    ignore_unknown: IgnoreUnknownOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """ISPRS Vaihingen from the release (top/ and the complete ground truth)."""
-    _benchmark("vaihingen", source, out, tile, stride, workers, overwrite, json_output,
+    _benchmark("vaihingen", source, out, tile, stride, workers, overwrite, ignore_unknown,
+               json_output,
                no_boundary=no_boundary, val_fraction=_val_fraction(val_fraction), seed=seed)
 
 
@@ -175,10 +185,12 @@ def isaid(
     stride: StrideOpt = None,
     workers: WorkersOpt = 0,
     overwrite: OverwriteOpt = False,
+    ignore_unknown: IgnoreUnknownOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """iSAID: DOTA images with iSAID semantic masks, train/ and val/ (val becomes test)."""
-    _benchmark("isaid", source, out, tile, stride, workers, overwrite, json_output,
+    _benchmark("isaid", source, out, tile, stride, workers, overwrite, ignore_unknown,
+               json_output,
                palette=palette, val_fraction=_val_fraction(val_fraction), seed=seed)
 
 
@@ -193,10 +205,12 @@ def deepglobe(
     stride: StrideOpt = None,
     workers: WorkersOpt = 0,
     overwrite: OverwriteOpt = False,
+    ignore_unknown: IgnoreUnknownOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """DeepGlobe Land Cover: the 803 labelled images of train/, split by image with a seed."""
-    _benchmark("deepglobe", source, out, tile, stride, workers, overwrite, json_output,
+    _benchmark("deepglobe", source, out, tile, stride, workers, overwrite, ignore_unknown,
+               json_output,
                val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
 
 
@@ -223,6 +237,7 @@ def folder(
     stride: StrideOpt = None,
     workers: WorkersOpt = 0,
     overwrite: OverwriteOpt = False,
+    ignore_unknown: IgnoreUnknownOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Your own scenes: images/, optional masks/, classes.yaml, optional splits.csv."""
@@ -232,5 +247,6 @@ def folder(
                              class_column=class_column,
                              min_cover=min_cover, min_area=min_area, tile=tile, stride=stride,
                              workers=workers, overwrite=overwrite, bands=bands,
+                             ignore_unknown=ignore_unknown,
                              val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     report(summary, json_output)

@@ -179,6 +179,11 @@ class PrepareSummary:
 # --- reading and decoding scenes ---------------------------------------------------------------
 
 
+#: Share of a scene's label pixels in unknown colours above which ``prepare`` stops (1 %: a few
+#: anti-aliased or stray pixels pass; a wrong palette, which leaves most pixels unknown, does not).
+UNKNOWN_COLOUR_LIMIT = 0.01
+
+
 @dataclass
 class _Scene:
     image: np.ndarray  # uint8 [bands, H, W]
@@ -448,11 +453,31 @@ def _tile_scene_in_env(record: SceneRecord, spec: DatasetSpec, out: Path, tile: 
         "crs": scene.crs.to_wkt() if scene.crs is not None else None,
         "stretch": scene.stretch, "chips": chips,
         "unknown": {"file": str(record.label), "pixels": sum(scene.unknown.values()),
+                    "label_pixels": 0 if scene.mask is None else int(scene.mask.size),
                     "values": [[list(k) if isinstance(k, tuple) else k, n] for k, n in
                                sorted(scene.unknown.items(), key=lambda kv: -kv[1])[:5]]},
     }
     datadir.write_json(_scene_record_path(out, record.scene_id), result)
     return result
+
+
+def _refuse_unknown_colours(results: list[dict], spec: DatasetSpec) -> None:
+    """Stop at the first scene whose mask has more than :data:`UNKNOWN_COLOUR_LIMIT` of its
+    pixels outside the palette (see ``build_datadir``'s ``ignore_unknown``)."""
+    for result in results:
+        unknown = result["unknown"]
+        total = unknown.get("label_pixels") or 0  # records of older runs lack it: not checked
+        if not total or unknown["pixels"] / total <= UNKNOWN_COLOUR_LIMIT:
+            continue
+        top = ", ".join(f"{tuple(v) if isinstance(v, list) else v} ({n / total:.0%})"
+                        for v, n in unknown["values"][:3])
+        palette = ", ".join(f"{name} {tuple(colour)}"
+                            for name, colour in zip(spec.classes, spec.palette, strict=False))
+        raise CtfaError(
+            f"{unknown['file']}: {unknown['pixels'] / total:.0%} of the label pixels of scene "
+            f"{result['scene_id']} are in no class (most frequent: {top}; the palette: "
+            f"{palette}); a wrong palette or channel order? Fix the masks or the palette, or "
+            "pass --ignore-unknown-colours to make them ignore (255)")
 
 
 def _scene_record_path(out: Path, scene_id: str) -> Path:
@@ -481,7 +506,7 @@ def build_datadir(scenes: list[SceneRecord], spec: DatasetSpec, out: Path, *,
                   tile: int | None = None, stride: int | None = None, workers: int = 0,
                   overwrite: bool = False, source: str = "",
                   tagger: Callable[[geopandas.GeoDataFrame], list[tuple[int, ...]]] | None = None,
-                  ) -> PrepareSummary:
+                  ignore_unknown: bool = False) -> PrepareSummary:
     """Tile ``scenes`` into the DATA_DIR ``out`` (chips, ``chips.gpkg``, ``dataset.yaml``).
 
     Args:
@@ -497,14 +522,18 @@ def build_datadir(scenes: list[SceneRecord], spec: DatasetSpec, out: Path, *,
         tagger: for chips whose scene has neither mask nor tags: called once with the
             GeoDataFrame of those chips (chips.gpkg columns, footprints in the index CRS) and
             returns one tuple of class indices per row.
+        ignore_unknown: accept masks with more than :data:`UNKNOWN_COLOUR_LIMIT` of their
+            pixels in colours (or values) outside the palette, mapping them to ignore; without
+            it such a scene stops ``prepare`` (a wrong palette or channel order looks like
+            this), after tiling, so that a rerun with it reuses the tiles.
 
     Returns:
         The :class:`PrepareSummary`.
 
     Raises:
         CtfaError: a file is missing or unreadable, sizes or bands do not match, the output is
-            refused (see :func:`~ctfa_cli.datasets.datadir.claim_output`), or labels are out of
-            range.
+            refused (see :func:`~ctfa_cli.datasets.datadir.claim_output`), labels are out of
+            range, or a mask has too many unknown colours (see ``ignore_unknown``).
         CtfaUsageError: no scenes, duplicate scene ids, or an invalid tile/stride.
     """
     out = Path(out)
@@ -566,6 +595,8 @@ def build_datadir(scenes: list[SceneRecord], spec: DatasetSpec, out: Path, *,
             log.warning("%s: %d pixels of unknown colours/values became ignore (most common: %s)",
                         result["unknown"]["file"], result["unknown"]["pixels"],
                         ", ".join(f"{v} ×{n}" for v, n in result["unknown"]["values"]))
+    if not ignore_unknown:
+        _refuse_unknown_colours(ordered, spec)
     chips = _chips_frame(ordered, spec)
     _apply_tagger(chips, spec, tagger)
     for k in spec.foreground_classes:  # one boolean per label, handy for filtering in QGIS

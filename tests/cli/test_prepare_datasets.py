@@ -147,6 +147,22 @@ def test_vaihingen_varying_sizes(run_cli, tmp_path):
     check_chips(data, layout, 32, masks=layout.masks, every=5)
 
 
+def test_isaid_with_a_bgr_palette_exits_1_unless_told_to_ignore(run_cli, tmp_path):
+    from ctfa_cli.datasets.registry import get_spec
+
+    make_isaid(tmp_path / "src")
+    bgr = [list(reversed(colour)) for colour in get_spec("isaid").palette]  # a variant's order
+    (tmp_path / "bgr.yaml").write_text(f"palette: {bgr}\n")
+    args = ("prepare", "isaid", tmp_path / "src", "--out", tmp_path / "d", "--tile", 32,
+            "--palette", tmp_path / "bgr.yaml")
+    code, _, err = run_cli(*args)
+    assert code == 1 and "Traceback" not in err
+    (line,) = err.splitlines()[-1:]
+    assert "of the label pixels of scene isaid_P" in line and "--ignore-unknown-colours" in line
+    code, _, err = run_cli(*args, "--ignore-unknown-colours")
+    assert code == 0, err
+
+
 def test_isaid_pixel_coordinates(run_cli, tmp_path):
     layout = make_isaid(tmp_path / "src")
     summary = prepare_json(run_cli, "isaid", tmp_path / "src", "--out", tmp_path / "d",

@@ -151,6 +151,29 @@ def test_colour_masks_unknown_colours_become_ignore_and_are_counted(tmp_path):
     assert "20 pixels of unknown colours" in summary.table().caption
 
 
+def test_a_wrong_palette_stops_prepare_unless_unknown_colours_are_ignored(tmp_path):
+    scene = write_scene(tmp_path / "raw", "w", height=64, width=64, seed=3, label="color")
+    with rasterio.open(scene.record.label, "r+") as dst:
+        rgb = dst.read()
+        rgb[0] = 255 - rgb[0]  # the red channel inverted: a wrong palette or band order
+        dst.write(rgb)
+    palette = {tuple(c) for c in SPEC.palette}
+    colours = [tuple(int(v) for v in rgb[:, i, j]) for i in range(64) for j in range(64)]
+    unknown = sum(c not in palette for c in colours)
+    assert unknown > 0.01 * 64 * 64  # independent count: far over the 1 % limit
+    with pytest.raises(CtfaError) as raised:
+        build_datadir([scene.record], SPEC, tmp_path / "d", tile=32)
+    message = str(raised.value)
+    assert message.startswith(f"{scene.record.label}: {unknown / 4096:.0%} of the label pixels "
+                              "of scene w are in no class (most frequent: (")
+    assert f"the palette: {SPEC.classes[0]} {tuple(SPEC.palette[0])}" in message
+    assert "--ignore-unknown-colours" in message and "\n" not in message
+    assert not (tmp_path / "d" / "dataset.yaml").exists()  # not a finished DATA_DIR
+    summary = build_datadir([scene.record], SPEC, tmp_path / "d", tile=32, ignore_unknown=True)
+    assert summary.unknown_colours == {str(scene.record.label): unknown}
+    assert summary.reused_scenes == 1  # the refused run's tiles are reused
+
+
 def test_decode_color_mask_with_threshold_and_explicit_map():
     rgb = np.array([[[250, 3, 130]], [[240, 0, 0]], [[10, 200, 0]]], np.uint8)  # [3, 1, 3]
     color_map = [((255, 255, 0), 1), ((0, 0, 0), 255)]

@@ -107,6 +107,7 @@ def prepare_benchmark(
     stride: int | None = None,
     workers: int = 0,
     overwrite: bool = False,
+    ignore_unknown: bool = False,
     **options: Any,
 ) -> PrepareSummary:
     """Read a benchmark from its distributed layout and tile it into the DATA_DIR ``out``.
@@ -119,6 +120,8 @@ def prepare_benchmark(
         stride: step between chips in pixels; None: the dataset's.
         workers: tiling worker processes (0: in-process).
         overwrite: replace an existing DATA_DIR.
+        ignore_unknown: map mask colours outside the palette to ignore even where they are
+            more than a few percent of a scene (see ``build_datadir``).
         **options: the reader's options (see ``read_<dataset>``); for the datasets of
             :data:`CARVED_VAL` also ``val_fraction`` and ``seed`` (see
             :func:`~ctfa_cli.datasets.readers.layout.carve_validation`; default 0: no val).
@@ -138,7 +141,7 @@ def prepare_benchmark(
     if dataset in CARVED_VAL:
         scenes = carve_validation(scenes, val_fraction, seed)
     return build_datadir(scenes, spec, out, tile=tile, stride=stride, workers=workers,
-                         overwrite=overwrite, source=str(source))
+                         overwrite=overwrite, source=str(source), ignore_unknown=ignore_unknown)
 
 
 def prepare_folder(
@@ -153,6 +156,7 @@ def prepare_folder(
     stride: int | None = None,
     workers: int = 0,
     overwrite: bool = False,
+    ignore_unknown: bool = False,
     **options: Any,
 ) -> PrepareSummary:
     """Read the user's own scenes (see :func:`read_folder`) and tile them into ``out``.
@@ -168,7 +172,7 @@ def prepare_folder(
         class_column: column of ``tags`` holding each feature's class (vector features).
         min_cover: fraction of a chip a class's polygons must cover (default 0.01).
         min_area: or the area (CRS units²) they must cover.
-        tile, stride, workers, overwrite: as :func:`prepare_benchmark`.
+        tile, stride, workers, overwrite, ignore_unknown: as :func:`prepare_benchmark`.
         **options: :func:`read_folder` options.
 
     Raises:
@@ -196,4 +200,5 @@ def prepare_folder(
                         "--tags were given; pass --tags FILE (vector features with "
                         "--class-column, or a table of scene_id/chip_id and labels)")
     return build_datadir(scenes, spec, out, tile=tile, stride=stride, workers=workers,
-                         overwrite=overwrite, source=str(source), tagger=tagger)
+                         overwrite=overwrite, source=str(source), tagger=tagger,
+                         ignore_unknown=ignore_unknown)
