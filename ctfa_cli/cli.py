@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from ctfa_cli import __version__
-from ctfa_cli.commands import demo, evaluate, predict, prepare, pseudolabel, settings, train
+from ctfa_cli.commands import demo, evaluate, export, predict, prepare, pseudolabel, settings, train
 from ctfa_cli.errors import CtfaError
 from ctfa_cli.options import set_home_flag
 
@@ -66,6 +66,7 @@ app.command("train", help=train.HELP)(train.train)
 app.command("pseudolabel", help=pseudolabel.HELP)(pseudolabel.pseudolabel)
 app.command("evaluate", help=evaluate.HELP)(evaluate.evaluate)
 app.command("predict", help=predict.HELP)(predict.predict)
+app.command("export", help=export.HELP)(export.export)
 app.command("demo", help=demo.HELP)(demo.demo)
 
 

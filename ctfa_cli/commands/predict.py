@@ -80,14 +80,15 @@ def predict(
     overwrite: OverwriteOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
-    """Predict scenes of any size with a model bundle, streaming, into COGs and polygons.
+    """Predict scenes of any size with a model bundle (or its ONNX export), streaming, into COGs
+    and polygons.
 
     Under torchrun each rank predicts its share of the scenes. On stdout: one JSON line per
     finished scene with --json; else the path of each class COG, one per line, when stdout is
     a pipe or a file (`ctfa predict *.tif | xargs -n1 gdalinfo`); else a table at the end.
     """
+    from ctfa_cli.inference.onnx_predict import model_predictor
     from ctfa_cli.inference.predict import (
-        BundlePredictor,
         PredictOptions,
         collect_scenes,
         predict_scenes,
@@ -103,8 +104,8 @@ def predict(
     checkpoint, run = chosen_model(model)
     if out is None:
         out = prediction_folder(current_workspace(), checkpoint, run)
-    predictor = BundlePredictor.from_checkpoint(checkpoint, resolve_device(device), tta=tta,
-                                                amp=amp)
+    # A .onnx file (from `ctfa export`) runs with onnxruntime, anything else as a bundle.
+    predictor = model_predictor(checkpoint, resolve_device(device), tta=tta, amp=amp)
     paths_only = not json_output and not sys.stdout.isatty()
     results = []
     for result in predict_scenes(scene_paths, predictor, out, options=options):
