@@ -7,24 +7,33 @@ The reference (ToCo/CTFA ``VisionTransformer.forward_features``) returns three t
 * the patch tokens of block ``aux_layer`` (default ``-3``) before any norm, ``[B, D, h, w]``;
 * the final class token after the final LayerNorm, ``[B, D]`` (input of the projection head).
 
-Any input size works: the patch grid is ``(H // p, W // p)`` and timm resamples the position
-embeddings to it (``dynamic_img_size=True``). Two documented differences from the reference:
+Any input size works: the patch grid is ``(H // p, W // p)`` and the position embeddings are
+resampled to it. Two documented differences from timm's ViT as shipped, both made by this
+wrapper (the model class and its weights are timm's, unchanged):
 
-* timm resamples with ``F.interpolate(mode="bicubic", antialias=True)`` where the reference
-  calls bicubic without antialias. Both are bicubic; they differ by the cubic kernel (a=-0.5 with
-  antialias, a=-0.75 without) and by low-pass filtering when the grid shrinks (local crops).
-  The ViT is used as timm ships it, not patched: on a smooth (sin-cos) 14×14 embedding the two
-  differ by about 1% (relative L2) at a 20×20 grid and 4% at 6×6.
+* **Position-embedding resampling is the reference's**: plain bicubic interpolation
+  (``F.interpolate(mode="bicubic", align_corners=False)``, cubic kernel a = -0.75, no
+  antialias) of the patch part of ``pos_embed`` from the model's native grid to the input's
+  grid; the class-token entry is not resampled. timm's own dynamic-size path
+  (``resample_abs_pos_embed``) uses ``antialias=True``, which switches to a different cubic
+  kernel (a = -0.5) and low-pass filters when the grid shrinks: at the CTFA CAM scales 0.5
+  and 1.5 and for local crops that moves every token, so CAMs, ROI masks and pseudo labels
+  would no longer match the official ones (``train_step`` parity cases). The wrapper installs
+  :func:`_pos_embed_like_reference` as the ViT's position-embedding step; the features still
+  come only from timm's ``forward_intermediates``.
 * The ImageNet head is not built (``num_classes=0``): the reference builds a 768→1000 head
   (769,000 parameters) that it never uses.
 """
 
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import timm
+import torch
+import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import Tensor, nn
 
@@ -151,6 +160,56 @@ def _complete_vit_state(state: dict[str, Tensor], model: VisionTransformer, weig
     return state
 
 
+def resample_pos_embed(pos_embed: Tensor, new_grid: tuple[int, int],
+                       old_grid: tuple[int, int], num_prefix_tokens: int) -> Tensor:
+    """The reference's position-embedding resampling (``VisionTransformer.prepare_tokens``).
+
+    Args:
+        pos_embed: ``[1, num_prefix_tokens + gh·gw, D]``, the patch part row-major on the
+            native ``old_grid = (gh, gw)``.
+        new_grid: the input's patch grid ``(h, w)``.
+        old_grid: the native grid.
+        num_prefix_tokens: leading entries (class token) that are kept as they are.
+
+    Returns:
+        ``[1, num_prefix_tokens + h·w, D]`` in ``pos_embed``'s dtype: the patch part
+        interpolated bicubically (``align_corners=False``, no antialias; computed in float32);
+        ``pos_embed`` itself when the grids are equal.
+    """
+    if tuple(new_grid) == tuple(old_grid):
+        return pos_embed
+    prefix, patches = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    dim = patches.shape[-1]
+    grid = patches.float().reshape(1, *old_grid, dim).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False)
+    patches = grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)
+    return torch.cat([prefix, patches], dim=1)
+
+
+def _pos_embed_like_reference(self: VisionTransformer, x: Tensor) -> Tensor:
+    """timm's ``VisionTransformer._pos_embed`` with :func:`resample_pos_embed` for the
+    dynamic-size resampling (the rest as timm does it: class/register tokens, ``no_embed_class``,
+    dropout).
+
+    Args:
+        x: patch embeddings ``[B, h, w, D]`` (timm's NHWC patch output of a dynamic-size ViT).
+
+    Returns:
+        Tokens ``[B, num_prefix_tokens + h·w, D]``.
+    """
+    # Installed only on ViTs with a pos_embed (see ViTBackbone).
+    batch, h, w, dim = x.shape
+    prefix = [t.expand(batch, -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
+    pos = resample_pos_embed(self.pos_embed, (h, w), tuple(self.patch_embed.grid_size),
+                             0 if self.no_embed_class else self.num_prefix_tokens)
+    x = x.reshape(batch, h * w, dim)
+    if self.no_embed_class:
+        x = torch.cat([*prefix, x + pos], dim=1)
+    else:
+        x = torch.cat([*prefix, x], dim=1) + pos
+    return self.pos_drop(x)
+
+
 def _not_a_vit(name: str) -> CtfaUsageError:
     return CtfaUsageError(f"backbone {name!r} is not a timm ViT with a class token; CTFA needs one "
                           "(e.g. deit_base_patch16_224)")
@@ -195,6 +254,10 @@ class ViTBackbone(nn.Module):
         self.embed_dim: int = self.vit.embed_dim
         self.patch_size: tuple[int, int] = tuple(self.vit.patch_embed.patch_size)
         self.vit.pos_embed.requires_grad_(not freeze_pos_embed)
+        # The reference's resampling instead of timm's antialiased one (module docstring). A
+        # bound method of this ViT, so that copies of the model (deepcopy) bind their own.
+        if self.vit.pos_embed is not None:
+            self.vit._pos_embed = types.MethodType(_pos_embed_like_reference, self.vit)
 
     def forward(self, x: Tensor) -> Features:
         """Encode a batch.
