@@ -1,9 +1,14 @@
 """Numerical parity with the official CTFA implementation (golden vectors, FORMAT.md).
 
-One parametrised test runs every ``*.npz`` case of ``tests/data/parity/`` — or of the directory
-named by the environment variable ``CTFA_PARITY_DIR`` — through the matching ``ctfa_cli`` /
-``kernels`` function, chosen by ``meta["component"]``. An unknown component fails: a new case can
-never pass silently. ``pytest -k parity`` runs exactly this test.
+One parametrised test runs every ``*.npz`` case of the parity folder through the matching
+``ctfa_cli`` / ``kernels`` function, chosen by ``meta["component"]``. An unknown component fails:
+a new case can never pass silently. ``pytest -k parity`` runs it (and the other parity tests).
+
+The folder is ``$CTFA_PARITY_DIR`` when set, else ``../shared/parity`` beside the repository (the
+full set, with the 13 MB whole-step case ``train_step__*``), else the copy of the component
+cases in ``tests/data/parity/``. Whole-step cases (``train_step``, FORMAT.md section 14) are
+replayed by :mod:`tests.training.step_parity` with ctfa's own step, optimiser and EMA; their
+tolerances are stated there. The default folder must hold at least one of them.
 
 Tolerances: float results ``rtol=1e-4`` and ``atol=1e-5`` scaled by the array's magnitude when
 that is below 1 (``atol = 1e-5 · min(1, max|expected|)``): the energy-loss gradients are
@@ -25,7 +30,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-PARITY_DIR = Path(os.environ.get("CTFA_PARITY_DIR", Path(__file__).parent / "data" / "parity"))
+SHARED_PARITY_DIR = Path(__file__).resolve().parents[2] / "shared" / "parity"
+BUNDLED_PARITY_DIR = Path(__file__).parent / "data" / "parity"
+PARITY_DIR = Path(os.environ.get(
+    "CTFA_PARITY_DIR", SHARED_PARITY_DIR if SHARED_PARITY_DIR.is_dir() else BUNDLED_PARITY_DIR))
 CASES = sorted(PARITY_DIR.glob("*.npz"))
 
 RTOL, ATOL = 1e-4, 1e-5
@@ -296,6 +304,12 @@ def _poly_lr(case: Case) -> None:
     assert_float(np.array(lrs, dtype=np.float64), case.outputs["lr"], "lr", rtol=1e-9)
 
 
+def _train_step(case: Case) -> None:
+    from tests.training.step_parity import check_train_step_case
+
+    check_train_step_case(case.path)
+
+
 ADAPTERS: dict[str, Callable[[Case], None]] = {
     "par": _par,
     "cam_to_label_plain": _cam_to_label_plain,
@@ -311,6 +325,7 @@ ADAPTERS: dict[str, Callable[[Case], None]] = {
     "bilateral_filter": _bilateral_filter,
     "param_counts": _param_counts,
     "poly_lr": _poly_lr,
+    "train_step": _train_step,
 }
 
 
@@ -325,3 +340,12 @@ def test_parity(path: Path) -> None:
     if adapter is None:
         pytest.fail(f"{path.name}: unknown component {component!r}; add an adapter")
     adapter(case)
+
+
+def test_parity_folder_holds_whole_step_cases() -> None:
+    """The whole-step replay is not optional: a folder without ``train_step__*`` cases (e.g.
+    the bundled component copy, when ``../shared`` is missing) fails here instead of passing
+    on the components alone."""
+    if not sorted(PARITY_DIR.glob("train_step__*.npz")):
+        pytest.fail(f"{PARITY_DIR}: no train_step__*.npz case; put ../shared/parity beside the "
+                    "repository or set CTFA_PARITY_DIR to a folder that has them")
