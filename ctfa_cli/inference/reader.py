@@ -3,10 +3,15 @@
 Contract:
 
 * **Bands.** ``--bands`` (1-based indices, in model order) wins. Otherwise bands are matched by
-  name: a band's description or colour interpretation (``red`` → ``r`` …) equal to a name of the
-  bundle's band order. When not every model band is found by name, the first ``in_chans``
-  non-alpha bands are used when the scene has exactly that many (e.g. Potsdam IRRG files tagged
-  as RGB); any other count is a :class:`~ctfa_cli.errors.CtfaError` naming both counts.
+  name: a band's description, else its colour interpretation (``red`` → ``r`` …), equal to a
+  name of the bundle's band order. When not every model band is found by name, the first
+  ``in_chans`` non-alpha bands are used when the scene has exactly that many, unless that would
+  put a band the scene names otherwise in another model band's place (an RGB scene into an IRRG
+  model): that is a :class:`~ctfa_cli.errors.CtfaError` naming both band lists and the
+  ``--bands`` fix (ISPRS IRRG tiles, tagged R, G, B, need ``--bands 1,2,3``). Bands without any
+  name are taken in order with one warning. Any other count is a
+  :class:`~ctfa_cli.errors.CtfaError` naming both counts and a ``--bands`` that works (a grey
+  image's band repeated: ``--bands 1,1,1``).
 * **Scaling.** uint8 bands are used as trained (``pixel / 255``). Any other dtype (16-bit, float)
   is stretched linearly to 0..255 between its per-scene 2nd and 98th percentiles and rounded, as
   ``ctfa prepare`` does for non-uint8 sources; the percentiles are taken on a decimated read of
@@ -83,21 +88,47 @@ def select_bands(src: rasterio.DatasetReader, spec: DatasetSpec,
             raise CtfaError(f"{path}: --bands asks for band {max(bands)} but the scene has "
                             f"{src.count} bands")
         return bands
+    scene_names = [_band_name(description, interp) for description, interp in
+                   zip(src.descriptions, src.colorinterp, strict=True)]
     by_name: dict[str, int] = {}
-    for index, (description, interp) in enumerate(
-            zip(src.descriptions, src.colorinterp, strict=True), start=1):
-        for name in (_COLOR_NAMES.get(interp), (description or "").strip().lower()):
-            if name:
-                by_name.setdefault(_ALIASES.get(name, name), index)
+    for index, name in enumerate(scene_names, start=1):
+        if name:
+            by_name.setdefault(name, index)
     if all(name in by_name for name in spec.bands):
         return tuple(by_name[name] for name in spec.bands)
     data_bands = [i for i, interp in enumerate(src.colorinterp, start=1)
                   if interp != ColorInterp.alpha]
-    if len(data_bands) == expected:
-        return tuple(data_bands)
-    raise CtfaError(f"{path}: the scene has {len(data_bands)} bands but the model expects "
-                    f"{expected} ({names}); choose them with --bands, e.g. --bands "
-                    f"{','.join(str(i) for i in range(1, expected + 1))}")
+    if len(data_bands) != expected:
+        hint = ",".join(str(data_bands[i % len(data_bands)]) for i in range(expected))
+        grey = " (a grey image: its band repeated)" if len(data_bands) == 1 else ""
+        raise CtfaError(f"{path}: the scene has {len(data_bands)} bands but the model expects "
+                        f"{expected} ({names}); choose them with --bands, e.g. --bands "
+                        f"{hint}{grey}")
+    in_order = tuple(data_bands)
+    # Bands taken in order would feed a band the scene names otherwise to a model band of
+    # another name (an RGB scene into an IRRG model): refuse rather than map nonsense.
+    misplaced = [name for position, name in enumerate(spec.bands)
+                 if name in by_name and by_name[name] != in_order[position]]
+    shown = ", ".join(name or "?" for name in (scene_names[i - 1] for i in in_order))
+    if misplaced:
+        raise CtfaError(f"{path}: the scene's bands are {shown} but the model expects {names}; "
+                        "use a model trained on these bands, or, if the scene's bands are in "
+                        f"the model's order whatever their tags say (ISPRS IRRG tiles are tagged "
+                        f"R, G, B), pass --bands {','.join(map(str, in_order))}")
+    if not any(scene_names[i - 1] for i in in_order):
+        log.warning(f"{path}: the scene's bands carry no names: bands "
+                   f"{','.join(map(str, in_order))} are taken as {names} (pass --bands to "
+                   "choose others)")
+    return in_order
+
+
+def _band_name(description: str | None, interp: ColorInterp) -> str | None:
+    """The short band name (``r``, ``ir`` …) a band's description, else its colour
+    interpretation, gives; None when it gives none."""
+    text = (description or "").strip().lower()
+    if text:
+        return _ALIASES.get(text, text)
+    return _COLOR_NAMES.get(interp)
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from rasterio.transform import from_origin
 
-from tests.datasets.fake_layouts import make_potsdam, write_raster
+from tests.datasets.fake_layouts import make_potsdam
 from tests.training.helpers import tiny_set_options
 
 
@@ -26,10 +27,15 @@ def home(tmp_path, monkeypatch) -> Path:
     return home
 
 
-def scene(path: Path, seed: int) -> Path:
-    """A 3-band 48×48 px UTM scene."""
+def scene(path: Path, seed: int, bands: tuple[str, ...] = ("r", "g", "b")) -> Path:
+    """A 3-band 48×48 px UTM scene whose band descriptions name ``bands``."""
     image = np.random.default_rng(seed).integers(0, 256, (3, 48, 48), dtype=np.uint8)
-    return write_raster(path, image, crs="EPSG:32633")
+    profile = {"driver": "GTiff", "count": 3, "height": 48, "width": 48, "dtype": "uint8",
+               "crs": "EPSG:32633", "transform": from_origin(400000, 5800000, 0.5, 0.5)}
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(image)
+        dst.descriptions = bands
+    return path
 
 
 def test_prepare_train_twice_predict_as_written(run_cli, home):
@@ -50,7 +56,7 @@ def test_prepare_train_twice_predict_as_written(run_cli, home):
     assert [r["run_dir"] for r in runs] == [str(base / "train"), str(base / "train2")]
     assert json.loads((base / "train2" / "run.json").read_text()) == runs[1]
 
-    scene(home / "work" / "scene.tif", seed=1)
+    scene(home / "work" / "scene.tif", seed=1, bands=("IR", "R", "G"))  # the model's bands
     code, out, err = run_cli("predict", "scene.tif")
     assert code == 0, err
     written = home / "ctfa" / "predictions" / "potsdam" / "train2" / "scene.tif"

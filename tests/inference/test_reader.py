@@ -66,11 +66,45 @@ def test_band_count_mismatch_names_both_counts(tmp_path):
         SceneReader(path, SPEC)
 
 
-def test_unnamed_bands_are_taken_in_order_when_the_count_matches(tmp_path):
-    # Potsdam/Vaihingen IRRG files are tagged as RGB: names do not match, the count does.
+def test_a_scene_tagged_rgb_into_an_irrg_model_is_refused_with_a_fix_that_works(tmp_path):
+    # In order, the scene's red band would be fed as the model's IR: refused.
     path = write_raster(tmp_path / "s.tif", smooth_image(16, 16), photometric="RGB", **GEO)
+    with pytest.raises(CtfaError) as raised:
+        SceneReader(path, IRRG)
+    assert str(raised.value) == (
+        f"{path}: the scene's bands are r, g, b but the model expects ir, r, g; use a model "
+        "trained on these bands, or, if the scene's bands are in the model's order whatever "
+        "their tags say (ISPRS IRRG tiles are tagged R, G, B), pass --bands 1,2,3")
+    with SceneReader(path, IRRG, bands=(1, 2, 3)) as reader:  # the hint is accepted
+        assert reader.indexes == (1, 2, 3)
+    described = write_raster(tmp_path / "d.tif", smooth_image(16, 16),
+                             photometric="MINISBLACK", descriptions=["red", "green", "blue"], **GEO)
+    with pytest.raises(CtfaError, match="bands are r, g, b but the model expects ir, r, g"):
+        SceneReader(described, IRRG)
+
+
+def test_unnamed_bands_are_taken_in_order_with_one_warning(tmp_path, caplog):
+    path = write_raster(tmp_path / "s.tif", smooth_image(16, 16), photometric="MINISBLACK",
+                        **GEO)
     with SceneReader(path, IRRG) as reader:
         assert reader.indexes == (1, 2, 3)
+        reader.read_rows(0, 8), reader.read_rows(8, 8)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"{path}: the scene's bands carry no names: bands 1,2,3 are taken "
+                        "as ir, r, g (pass --bands to choose others)"]
+
+
+def test_a_grey_scene_is_told_a_band_choice_that_works(tmp_path):
+    path = write_raster(tmp_path / "g.tif", smooth_image(16, 16, bands=1), **GEO)
+    with pytest.raises(CtfaError, match=r"has 1 bands but the model expects 3 \(r, g, b\); "
+                                        r"choose them with --bands, e.g. --bands 1,1,1 \(a grey"):
+        SceneReader(path, SPEC)
+    with SceneReader(path, SPEC, bands=(1, 1, 1)) as reader:
+        band = reader.read_rows(0, 16)
+    # every model band gets the grey band: pixel/255 = normalised · std + mean, per band
+    grey = [band.pixels[k] * SPEC.std[k] + SPEC.mean[k] for k in range(3)]
+    torch.testing.assert_close(grey[0], grey[1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(grey[0], grey[2], atol=1e-6, rtol=0)
 
 
 def test_alpha_band_is_a_mask_not_a_band(tmp_path):
@@ -80,7 +114,7 @@ def test_alpha_band_is_a_mask_not_a_band(tmp_path):
     path = write_raster(tmp_path / "s.tif", data, photometric="RGB", alpha="YES", **GEO)
     with rasterio.open(path) as src:
         assert src.colorinterp[3] == ColorInterp.alpha
-    with SceneReader(path, IRRG) as reader:  # names fail (no "ir"), count of non-alpha fits
+    with SceneReader(path, SPEC) as reader:  # r, g, b by name; the alpha band is no band
         assert reader.indexes == (1, 2, 3)
         band = reader.read_rows(0, 32)
     expected = torch.from_numpy(data[3] != 0)
