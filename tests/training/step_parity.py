@@ -399,6 +399,13 @@ def _check_losses(case: StepCase, k: int, out, cfg) -> None:
     if not np.isnan(expected):
         np.testing.assert_allclose(total, expected, rtol=1e-6, err_msg="reference total")
     close(out.loss, np.float64(total), f"step{k} loss")
+    # Term by term: ctfa's total is its own weighted terms to float32 rounding, and each
+    # weighted term (w_reg·reg is ~1.5e-4 of the total) is far above that rounding.
+    parts = {t: weights[t] * float(terms[t]) for t in TERMS}
+    rounding = 8 * float(np.finfo(np.float32).eps) * sum(abs(v) for v in parts.values())
+    assert abs(float(out.loss.detach()) - sum(parts.values())) <= rounding, f"step{k} total"
+    for t in TERMS:
+        assert abs(parts[t]) > 10 * rounding, f"step{k} {t}: too small to check in the total"
 
 
 def _check_grad_norms(case: StepCase, k: int, norms: dict[str, float]) -> None:
