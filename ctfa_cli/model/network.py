@@ -191,9 +191,19 @@ class CTFANetwork(nn.Module):
         return teacher_out, self.proj_head(tokens)
 
     @torch.no_grad()
-    def ema_update(self) -> None:
-        """Move the teacher head towards the student: ``t ← m·t + (1−m)·s`` (``m`` = momentum)."""
+    def ema_update(self, apply: Tensor | None = None) -> None:
+        """Move the teacher head towards the student: ``t ← m·t + (1−m)·s`` (``m`` = momentum).
+
+        Args:
+            apply: optional 0-d bool tensor on the model's device: where False the teacher is
+                left exactly as it is. Decided on the device, so that a training step that
+                skips a non-finite update does not wait for the GPU to know it.
+        """
         m = self.ema_momentum
         for teacher, student in zip(self.proj_head_t.parameters(), self.proj_head.parameters(),
                                     strict=True):
-            teacher.mul_(m).add_(student, alpha=1.0 - m)
+            if apply is None:
+                teacher.mul_(m).add_(student, alpha=1.0 - m)
+            else:  # the same two roundings, kept or dropped
+                teacher.copy_(torch.where(apply, teacher.mul(m).add_(student, alpha=1.0 - m),
+                                          teacher))

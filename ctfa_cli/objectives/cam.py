@@ -20,7 +20,9 @@ holds), as the reference does.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +30,7 @@ from torch import Tensor
 
 __all__ = [
     "box_mask",
+    "checked_boxes",
     "cam_to_label",
     "label_to_aff_mask",
     "multi_scale_cams",
@@ -103,6 +106,26 @@ def _min_max_normalise(cam: Tensor) -> Tensor:
     return cam / (cam.amax(dim=(2, 3), keepdim=True) + 1e-5)
 
 
+# True inside checked_boxes(): the boxes were validated on the host when they were made.
+_BOXES_CHECKED: ContextVar[bool] = ContextVar("ctfa_boxes_checked", default=False)
+
+
+@contextlib.contextmanager
+def checked_boxes() -> Iterator[None]:
+    """Inside the block, :func:`box_mask` trusts its boxes to be non-negative.
+
+    Checking a box tensor reads it on the host, which on a GPU waits for every queued kernel.
+    The training step's boxes are checked once on the host when the batch is made
+    (:func:`ctfa_cli.training.data.check_crop_box`), and the boxes the step derives from them
+    (:func:`scale_box`) stay non-negative, so the step runs inside this block.
+    """
+    token = _BOXES_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _BOXES_CHECKED.reset(token)
+
+
 def box_mask(img_box: Tensor, height: int, width: int, *, device=None) -> Tensor:
     """Boolean mask of the crop boxes.
 
@@ -119,12 +142,13 @@ def box_mask(img_box: Tensor, height: int, width: int, *, device=None) -> Tensor
 
     Raises:
         ValueError: ``img_box`` is not ``[B, 4]`` or holds a negative value (a negative Python
-            slice start would count from the end; boxes never do).
+            slice start would count from the end; boxes never do). The value check is left to
+            whoever made the boxes inside :func:`checked_boxes`.
     """
     if img_box.ndim != 2 or img_box.shape[1] != 4:
         raise ValueError(f"img_box must be [B, 4], got {tuple(img_box.shape)}")
     box = img_box.to(device=device if device is not None else img_box.device, dtype=torch.int64)
-    if bool((box < 0).any()):
+    if not _BOXES_CHECKED.get() and bool((box < 0).any()):
         raise ValueError("img_box holds a negative coordinate; boxes are [h0, h1, w0, w1] >= 0")
     rows = torch.arange(height, device=box.device)
     cols = torch.arange(width, device=box.device)
@@ -354,9 +378,10 @@ def sample_local_crops(
     weights = (centres <= 1).to(torch.float32)
     too_few = weights.sum(dim=1, keepdim=True) < num_crops
     weights = torch.where(too_few, torch.ones_like(weights), weights)
-    corner = torch.multinomial(
-        weights, num_crops, replacement=rows * cols < num_crops, generator=generator
-    )  # [B, K]
+    if rows * cols < num_crops:
+        corner = torch.multinomial(weights, num_crops, replacement=True, generator=generator)
+    else:  # [B, K]
+        corner = _multinomial_without_replacement(weights, num_crops, generator)
     offsets = torch.arange(crop_size, device=images_aug.device)
     r = (corner // cols)[:, :, None] + offsets  # [B, K, S]
     q = (corner % cols)[:, :, None] + offsets  # [B, K, S]
@@ -371,3 +396,24 @@ def sample_local_crops(
     flags = torch.ones(b, 2 + num_crops, dtype=torch.float32, device=images_aug.device)
     flags[:, 2:] = (~negative).to(torch.float32)
     return crops, flags
+
+
+def _multinomial_without_replacement(weights: Tensor, num_samples: int,
+                                     generator: torch.Generator | None) -> Tensor:
+    """``torch.multinomial(weights, num_samples, replacement=False)`` without its host reads.
+
+    ``torch.multinomial`` checks its input on the host first (no inf/NaN/negative weight, no
+    all-zero row, enough categories: two or three reads that each wait for the GPU), then
+    draws ``argmax``/``topk`` of ``weights / q`` with ``q ~ Exp(1)`` (ATen's fast path for
+    sampling without replacement). This is that draw, the same random numbers and the same
+    result, without the checks, which the caller guarantees: every row of ``weights``
+    ``[B, N]`` holds 0/1 values with at least ``num_samples`` ones, ``num_samples <= N``.
+
+    Returns:
+        int64 ``[B, num_samples]`` category indices.
+    """
+    q = torch.empty_like(weights).exponential_(1, generator=generator)
+    q = torch.div(weights, q)
+    if num_samples == 1:
+        return q.argmax(dim=-1, keepdim=True)
+    return torch.topk(q, num_samples).indices

@@ -240,7 +240,26 @@ def random_scale_flip_crop(chip: Tensor, crop_size: int,
          max(pad_left - left, 0), min(crop_size, w + pad_left - left)],
         dtype=torch.int16,
     )
-    return crop, img_box
+    return crop, check_crop_box(img_box, crop_size)
+
+
+def check_crop_box(img_box: Tensor, crop_size: int) -> Tensor:
+    """Return ``img_box`` after checking it on the host, where the batch is made.
+
+    The training step trusts its boxes (:func:`ctfa_cli.objectives.cam.checked_boxes`): a
+    check inside the step would read the boxes back from the GPU and wait for it every step.
+
+    Args:
+        img_box: CPU integer ``[4]`` box ``[h0, h1, w0, w1]``.
+        crop_size: the crop side ``S``.
+
+    Raises:
+        ValueError: not ``0 <= h0 <= h1 <= S`` and ``0 <= w0 <= w1 <= S``.
+    """
+    h0, h1, w0, w1 = img_box.tolist()
+    if not (0 <= h0 <= h1 <= crop_size and 0 <= w0 <= w1 <= crop_size):
+        raise ValueError(f"crop box {[h0, h1, w0, w1]} is not inside a {crop_size}-px crop")
+    return img_box
 
 
 def validation_split(data: DataDir) -> str | None:

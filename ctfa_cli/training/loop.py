@@ -272,42 +272,32 @@ def _train(data: DataDir, paths: _RunPaths, cfg: TrainConfig, model: CTFANetwork
         log.info("validation split: %s", val_split
                  or "none (no val or test split with masks): best.pt will not be written")
 
-    meter = _Meter(start)
+    meter = _Meter(start, state["skipped"], proc.device)
+    logged_skipped = state["skipped"]  # skipped steps already warned about
     with progress_bar("train", stop, enabled=proc.is_main, completed=start) as advance:
         for step, batch in zip(range(start, stop), loader, strict=True):
             torch.manual_seed(derive_seed(cfg.seed, STEP, step, proc.rank))
             batch = {k: v.to(proc.device, non_blocking=True) for k, v in batch.items()}
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(cfg.amp, proc.device):
-                out = forward(batch, step)
-            out.loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-            finite = (torch.isfinite(out.loss.detach()) & torch.isfinite(grad_norm)).float()
-            if proc.world_size > 1:
-                dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank skips together
-            if finite.item():
-                # The schedule follows the step index, so a skipped step does not shift it.
-                optimizer.global_step = step
-                optimizer.step()
-                # The reference updates the teacher at the start of the next forward; nothing
-                # changes the student in between, so updating it here is the same, and a
-                # skipped step leaves the teacher alone as it leaves the student.
-                model.ema_update()
-                meter.add(out)
-            else:
-                state["skipped"] += 1
-                log.warning("step %d skipped: non-finite loss or gradient (%d skipped so far)",
-                            step + 1, state["skipped"])
+            train_step(forward, batch, step, model=model, optimizer=optimizer, params=params,
+                       meter=meter, cfg=cfg, world_size=proc.world_size, device=proc.device)
             done = step + 1
-            advance(status=_bar_status(meter.latest))
             if done % cfg.log_every == 0 or done == stop:
-                record = meter.flush(done, optimizer, cfg.batch_size * proc.world_size, state)
+                record = meter.flush(done, optimizer, cfg.batch_size * proc.world_size)
+                state["skipped"] = record["skipped"]
+                if state["skipped"] > logged_skipped:
+                    log.warning("%d step(s) up to step %d skipped: non-finite loss or gradient "
+                                "(%d skipped so far)", state["skipped"] - logged_skipped, done,
+                                state["skipped"])
+                    logged_skipped = state["skipped"]
+                advance(status=_bar_status(record))
                 if proc.is_main:
                     log.info(_format_record(record))
                     paths.append_metrics(record)
+            else:
+                advance()  # the bar keeps the status of the last log step
             if done % cfg.eval_every == 0 or done == stop:
                 state["step"] = done
+                state["skipped"] = meter.skipped_so_far()  # for the checkpoint
                 _evaluate_and_save(model, data, cfg, optimizer, val_split, paths, state, proc)
     if proc.world_size > 1:
         dist.barrier()
@@ -326,6 +316,48 @@ def _train(data: DataDir, paths: _RunPaths, cfg: TrainConfig, model: CTFANetwork
         # run.json marks a run that trained: `ctfa predict` picks the newest of these.
         write_run_record(paths.root, result.to_json())
     return result
+
+
+def train_step(forward, batch: dict[str, torch.Tensor], step: int, *, model: CTFANetwork,
+               optimizer, params: list[torch.nn.Parameter], meter: _Meter, cfg: TrainConfig,
+               world_size: int, device: torch.device) -> None:
+    """One training step: forward, backward, clipping, and an update applied only if finite.
+
+    Nothing here reads a tensor on the host (tests/training/test_syncs.py counts it): a
+    non-finite step is skipped on the device, without waiting for the GPU to know. The
+    optimiser's fused kernel then changes nothing (``found_inf``), the teacher keeps its weights,
+    the meter adds nothing and its skipped counter counts the step; all are read on the host
+    only at log steps (:meth:`_Meter.flush`).
+
+    Args:
+        forward: the :class:`CTFAStep` (or its DDP wrapper).
+        batch: the step's batch (see :meth:`CTFAStep.forward`), on ``device``.
+        step: 0-based global step.
+        model: the network (its teacher is updated after the optimiser step).
+        optimizer: the :class:`~ctfa_cli.training.optim.PolyWarmupAdamW`.
+        params: the parameters whose gradient norm is clipped.
+        meter: the run's :class:`_Meter`.
+        cfg: the training config (``amp``, ``grad_clip``).
+        world_size: processes under torchrun (1 without).
+        device: the training device.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(cfg.amp, device):
+        out = forward(batch, step)
+    out.loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(
+        params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+    finite = (torch.isfinite(out.loss.detach()) & torch.isfinite(grad_norm)).float()
+    if world_size > 1:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank skips together
+    # The schedule follows the step index, so a skipped step does not shift it.
+    applied = finite.bool()
+    optimizer.global_step = step
+    optimizer.step(skip=1.0 - finite)
+    # The reference updates the teacher at the start of the next forward; nothing
+    # changes the student in between, so updating it here is the same.
+    model.ema_update(apply=applied)
+    meter.add(out, applied)
 
 
 def _evaluate_and_save(model: CTFANetwork, data: DataDir, cfg: TrainConfig, optimizer,
@@ -511,31 +543,52 @@ def _log_file(path: Path | None) -> Iterator[None]:
 
 
 class _Meter:
-    """Sums loss terms on the device between log steps (no host sync until :meth:`flush`)."""
+    """Sums loss terms and counts applied and skipped steps on the device between log steps.
 
-    def __init__(self, step: int) -> None:
+    Nothing is read on the host until :meth:`flush`, which reads everything in one transfer.
+
+    Args:
+        step: the step the run starts at.
+        skipped: steps skipped before it (a resumed run's count).
+        device: the training device.
+    """
+
+    def __init__(self, step: int, skipped: int, device: torch.device) -> None:
         self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, int] = {}
-        self.latest: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, torch.Tensor] = {}
+        self.skipped = torch.tensor(skipped, dtype=torch.int64, device=device)
         self.tic = time.perf_counter()
         self.step = step
 
-    def add(self, out) -> None:
-        self.latest = {"loss": out.loss.detach(), **out.terms}
-        for name, value in self.latest.items():
-            self.sums[name] = self.sums.get(name, 0) + value.float()
-            self.counts[name] = self.counts.get(name, 0) + 1
+    def add(self, out, applied: torch.Tensor) -> None:
+        """Count one step's terms where ``applied`` (0-d bool) is True, else count it skipped."""
+        for name, value in {"loss": out.loss.detach(), **out.terms}.items():
+            # 0 + v is v (also for the first term, as a plain sum from 0 would start).
+            value = torch.where(applied, value.float(), 0.0)
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+            self.counts[name] = self.counts.get(name, 0) + applied.long()
+        self.skipped += ~applied
 
-    def flush(self, step: int, optimizer, images_per_step: int,
-              state: dict[str, Any]) -> dict[str, Any]:
-        """Means since the last flush, lr, throughput and the skipped count; then reset."""
+    def skipped_so_far(self) -> int:
+        """Steps skipped up to now, resumed ones included (a host read)."""
+        return int(self.skipped)
+
+    def flush(self, step: int, optimizer, images_per_step: int) -> dict[str, Any]:
+        """Means since the last flush (terms of applied steps only), lr, throughput and the
+        skipped count; then reset. The one host read of the interval."""
+        names = list(self.sums)
+        values = torch.stack([*(self.sums[k] for k in names),
+                              *(self.counts[k].float() for k in names),
+                              self.skipped.float()]).tolist()
+        sums, counts, skipped = values[:len(names)], values[len(names):-1], int(values[-1])
         elapsed = time.perf_counter() - self.tic
         record: dict[str, Any] = {"kind": "train", "step": step,
                                   "lr": optimizer.param_groups[0]["lr"]}
-        record.update({k: float(v) / self.counts[k] for k, v in self.sums.items()})
+        record.update({k: total / count for k, total, count in zip(names, sums, counts,
+                                                                    strict=True) if count})
         record["img_per_s"] = images_per_step * (step - self.step) / elapsed
-        record["skipped"] = state["skipped"]
-        record["skipped_fraction"] = round(state["skipped"] / max(step, 1), 6)
+        record["skipped"] = skipped
+        record["skipped_fraction"] = round(skipped / max(step, 1), 6)
         self.sums, self.counts = {}, {}
         self.tic, self.step = time.perf_counter(), step
         return record
@@ -550,5 +603,6 @@ def _format_record(record: dict[str, Any]) -> str:
             f"{record['img_per_s']:.1f} img/s · skipped {record['skipped']}")
 
 
-def _bar_status(latest: dict[str, torch.Tensor]) -> str:
-    return " ".join(f"{k} {float(latest[k]):.3f}" for k in BAR_TERMS if k in latest)
+def _bar_status(record: dict[str, Any]) -> str:
+    """The progress bar's status: the means of a log record (no host read of its own)."""
+    return " ".join(f"{k} {record[k]:.3f}" for k in BAR_TERMS if k in record)

@@ -106,11 +106,29 @@ class PolyWarmupAdamW(torch.optim.AdamW):
                          "max_iters": max_iters, "power": power}
         self.global_step = 0
 
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """Set the scheduled lr of step ``global_step``, take an AdamW step, count it."""
+    def step(self, closure: Callable[[], float] | None = None, *,
+             skip: torch.Tensor | None = None) -> float | None:
+        """Set the scheduled lr of step ``global_step``, take an AdamW step, count it.
+
+        Args:
+            closure: see :meth:`torch.optim.Optimizer.step`.
+            skip: optional float32 0-d tensor on the parameters' device, 1.0 to skip the
+                update: the fused kernel then changes no parameter and no ``exp_avg`` or
+                ``exp_avg_sq``, and each parameter's ``step`` is counted and uncounted (the
+                ``found_inf`` mechanism of ``torch.amp.GradScaler``), all decided on the
+                device without a host read. 0.0 gives the plain step, bit for bit. State is
+                created on a parameter's first step either way (zeros and step 0, the state
+                a fresh AdamW starts from).
+        """
         for group in self.param_groups:
             group["lr"] = poly_lr(self.global_step, group["initial_lr"], **self.schedule)
-        loss = super().step(closure)
+        if skip is not None:
+            # Read by torch.optim.Adam.step (getattr(self, "found_inf")) for fused kernels.
+            self.found_inf = skip
+        try:
+            loss = super().step(closure)
+        finally:
+            self.__dict__.pop("found_inf", None)
         self.global_step += 1
         return loss
 

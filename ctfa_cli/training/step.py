@@ -42,6 +42,7 @@ from ctfa_cli.model.backbone import Features
 from ctfa_cli.model.network import CTFANetwork
 from ctfa_cli.objectives.cam import (
     cam_to_label,
+    checked_boxes,
     label_to_aff_mask,
     multi_scale_cams,
     roi_mask,
@@ -120,6 +121,11 @@ class CTFAStep(nn.Module):
             :class:`StepOutput`. Randomness (local-crop centres) comes from the global torch
             RNG, which the training loop seeds per step.
         """
+        # The batch's boxes were checked on the host when it was made (training.data).
+        with checked_boxes():
+            return self._forward(batch, step)
+
+    def _forward(self, batch: dict[str, Tensor], step: int) -> StepOutput:
         cfg, spec, net = self.cfg, self.spec, self.network
         images, labels, img_box = batch["image"], batch["label"], batch["img_box"]
         b, _, height, width = images.shape

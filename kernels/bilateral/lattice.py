@@ -60,6 +60,7 @@ than one (barrier waits on ~10³ small operations per image).
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 
 import torch
@@ -183,10 +184,42 @@ def build_lattice(features: Tensor) -> Lattice:
 def _number_vertices(keys: Tensor, steps: Tensor) -> tuple[Tensor, Tensor]:
     """Number the distinct ``[d+1, n]`` keys and find their blur neighbours.
 
+    On CPU with a hash table (:func:`_hashed_vertices`, measured faster there), elsewhere by
+    sorting (:func:`_sorted_vertices`): the hash table's probing reads the number of keys still
+    moving on the host after every round (about 20 reads per call, each waiting for the GPU),
+    sorting reads one size. Both give the same filter output: the vertex numbering differs,
+    what is added to each vertex, and in which order, does not.
+
     Returns:
         ``vertices`` ``[d+1, n]`` int64, the id (1..m) of every key, and ``neighbours``
         ``[d+1, 2·m]`` int64 (see :class:`Lattice`).
     """
+    if keys.device.type == "cpu":
+        return _hashed_vertices(keys, steps)
+    return _sorted_vertices(keys, steps)
+
+
+def _sorted_vertices(keys: Tensor, steps: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`_number_vertices` by sorting: vertex ``i`` is the i-th smallest distinct key.
+
+    One host read per call: the number of distinct keys (``torch.unique``'s output size).
+    """
+    d = keys.shape[0] - 1
+    vertex_keys, inverse = torch.unique(keys.view(-1), sorted=True, return_inverse=True)
+    num_vertices = vertex_keys.numel()
+    vertices = inverse.add_(1).view_as(keys)
+    ids = torch.arange(1, num_vertices + 1, device=keys.device)
+    queries = vertex_keys[None, :] + steps[:, None]  # [d+1, m]
+    at = torch.searchsorted(vertex_keys, queries).clamp_(max=num_vertices - 1)
+    first = torch.where(vertex_keys.index_select(0, at.view(-1)).view_as(queries) == queries,
+                        at + 1, 0)
+    second = keys.new_zeros(d + 1, num_vertices + 1)
+    second.scatter_(1, first, ids.expand(d + 1, -1))
+    return vertices, torch.cat([first, second[:, 1:]], dim=1)
+
+
+def _hashed_vertices(keys: Tensor, steps: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`_number_vertices` with an open-addressing hash table (:func:`_insert`)."""
     d = keys.shape[0] - 1
     flat_keys = keys.view(-1)
     # Linear probing degrades fast above 2/3 load; every key could be distinct.
@@ -288,7 +321,8 @@ def _enclosing_simplices(features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     device = features.device
     # Diagonal of the elevation matrix E, scaled to the filter's expected standard deviation,
     # computed in double and rounded once, like the reference.
-    inv_std_dev = float(torch.tensor(math.sqrt(2.0 / 3.0) * (d + 1), dtype=torch.float32))
+    # (struct rounds to float32 in Python: a tensor's float() would be a dispatched host read.)
+    inv_std_dev = struct.unpack("f", struct.pack("f", math.sqrt(2.0 / 3.0) * (d + 1)))[0]
     scale = torch.tensor(
         [1.0 / math.sqrt((i + 2) * (i + 1)) * inv_std_dev for i in range(d)],
         dtype=torch.float32,
@@ -370,7 +404,7 @@ def _corner_keys(
     device = nearest_point.device
     stored = nearest_point[:d].long()
     low, high = torch.aminmax(stored, dim=1)
-    low, high = (low - 2 * d).tolist(), (high + 2 * d).tolist()
+    low, high = torch.stack([low - 2 * d, high + 2 * d]).tolist()  # one host read
     strides, stride = [], 1
     for lo, hi in zip(reversed(low), reversed(high), strict=True):
         strides.append(stride)
