@@ -60,6 +60,11 @@ MinAreaOpt = Annotated[
     float, typer.Option("--min-area", min=0, help="Drop polygons smaller than this, in CRS "
                                                   "units squared.")
 ]
+StacOpt = Annotated[
+    bool, typer.Option("--stac/--no-stac", help="Write <stem>.stac.json beside each class "
+                                                "COG: a STAC Item (WGS84 footprint, native "
+                                                "grid, assets, classes, model provenance).")
+]
 
 
 def predict(
@@ -79,6 +84,7 @@ def predict(
     min_area: MinAreaOpt = 0.0,
     overwrite: OverwriteOpt = False,
     json_output: JsonOpt = False,
+    stac: StacOpt = True,
 ) -> None:
     """Predict scenes of any size with a model bundle (or its ONNX export), streaming, into COGs
     and polygons.
@@ -99,7 +105,8 @@ def predict(
 
     options = PredictOptions(
         tile=tile, overlap=overlap, batch_size=batch_size or 8, bands=parse_band_indices(bands),
-        probs=probs, vector=vector, simplify=simplify, min_area=min_area, overwrite=overwrite)
+        probs=probs, vector=vector, simplify=simplify, min_area=min_area, overwrite=overwrite,
+        stac=stac)
     scene_paths = collect_scenes(scenes, sys.stdin)
     checkpoint, run = chosen_model(model)
     if out is None:

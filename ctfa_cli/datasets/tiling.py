@@ -609,6 +609,10 @@ def build_datadir(scenes: list[SceneRecord], spec: DatasetSpec, out: Path, *,
     if removed:
         log.info("%s: removed %d stale chip file(s) of an earlier run", out, removed)
     _remove_stale_records(out, set(ids))
+    from ctfa_cli.stac import write_datadir_collection  # DATA_DIR/stac/: one Item per scene
+
+    chips_per_scene = {str(k): int(v) for k, v in chips["scene_id"].value_counts().items()}
+    write_datadir_collection(out, scenes, used_spec, chips_per_scene)
     datadir.write_dataset_yaml(out, meta)
     return summary
 

@@ -153,4 +153,6 @@ def model_predictor(path: Path, device: torch.device | str = "cpu", *, tta: bool
         return OnnxPredictor(path, device)
     from ctfa_cli.inference.predict import BundlePredictor
 
-    return BundlePredictor.from_checkpoint(path, device, tta=tta, amp=amp)
+    predictor = BundlePredictor.from_checkpoint(path, device, tta=tta, amp=amp)
+    predictor.source = path  # provenance of the STAC Items (ctfa_cli.stac.model_provenance)
+    return predictor

@@ -23,6 +23,7 @@ Many scenes (:func:`predict_scenes`): launched under ``torchrun``, each rank tak
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import logging
 import os
@@ -211,6 +212,7 @@ class PredictOptions:
         overwrite: replace existing outputs.
         progress: show a progress bar with pixels/s (:func:`ctfa_cli.progress.progress_bar`).
         background_io: read and write in background threads (None: on CUDA only).
+        stac: also write ``<stem>.stac.json``, a STAC Item of the map (:mod:`ctfa_cli.stac`).
     """
 
     tile: int | None = None
@@ -224,6 +226,7 @@ class PredictOptions:
     overwrite: bool = False
     progress: bool = True
     background_io: bool | None = None
+    stac: bool = False
 
     def grid(self, predictor: Predictor, height: int, width: int) -> WindowGrid:
         """The window grid of a ``height × width`` scene for ``predictor``.
@@ -271,6 +274,7 @@ class SceneResult:
         class_pixels: valid pixels per class name.
         nodata_pixels: pixels written as nodata (255).
         polygons: polygons written (None without ``vector``).
+        stac: the STAC Item written beside the class COG (None without ``stac``).
     """
 
     scene: Path
@@ -285,6 +289,7 @@ class SceneResult:
     class_pixels: dict[str, int] = field(default_factory=dict)
     nodata_pixels: int = 0
     polygons: int | None = None
+    stac: Path | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict (paths as strings)."""
@@ -313,7 +318,12 @@ def predict_scene(scene: Path, predictor: Predictor, out: Path, *,
     scene, out = Path(scene), Path(out)
     spec = predictor.spec
     probs_path, vector_path = options.outputs(out)
-    for path in (out, probs_path, vector_path):
+    stac_path = None
+    if options.stac:
+        from ctfa_cli import stac
+
+        stac_path = stac.stac_path(out)
+    for path in (out, probs_path, vector_path, stac_path):
         if path is not None:
             check_writable(path, options.overwrite, inputs=(scene,))
     if vector_path is not None:
@@ -361,12 +371,17 @@ def predict_scene(scene: Path, predictor: Predictor, out: Path, *,
     counts = counts.cpu()
     log.info("%s → %s: %d×%d px in %.1f s (%.3f Mpx/s)", scene, out, geo["width"],
              geo["height"], seconds, pixels / seconds / 1e6)
-    return SceneResult(
+    result = SceneResult(
         scene=scene, classes=out, probs=probs_path, vector=vector_path, width=geo["width"],
         height=geo["height"], crs=None if crs is None else crs.to_string(), seconds=seconds,
         pixels_per_second=pixels / seconds,
         class_pixels={name: int(counts[i]) for i, name in enumerate(spec.classes)},
         nodata_pixels=int(counts[CLASS_NODATA]), polygons=polygons)
+    if stac_path is not None:
+        written = stac.write_prediction_item(result, spec, crs=crs, transform=transform,
+                                             predictor=predictor)
+        result = dataclasses.replace(result, stac=written)
+    return result
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,14 @@ def test_export_then_predict_with_onnx_equals_the_checkpoint(run_cli, bundle, tm
             assert src.crs.to_epsg() == 32632
         with rasterio.open(tmp_path / f"map_{name}_probs.tif") as src:
             maps[f"{name}_probs"] = src.read().astype(int)
+    item = json.loads((tmp_path / "map_onnx.stac.json").read_text())
+    assert item["properties"]["ctfa:model_format"] == "ctfa-onnx/1"
+    assert item["properties"]["ctfa:model"] == str(out.absolute())
+    assert item["properties"]["ctfa:model_source_sha256"] == record["sha256"]
+    item = json.loads((tmp_path / "map_pt.stac.json").read_text())
+    assert item["properties"]["ctfa:model_format"] == "ctfa-bundle/1"
+    assert item["properties"]["ctfa:model_sha256"] == record["sha256"]
+    assert item["properties"]["ctfa:backbone"] == "vit_tiny_patch16_224"
     # Probabilities stored as round(p·255) differ by at most one step where p sits on a
     # rounding boundary; classes differ at most where two classes tie within the tolerance.
     assert np.abs(maps["pt_probs"] - maps["onnx_probs"]).max() <= 1
@@ -89,3 +97,7 @@ def test_predict_with_onnx_refuses_tta(run_cli, bundle, tmp_path):
     scene = write_raster(tmp_path / "scene.tif", smooth_image(64, 64, seed=1))
     code, _, stderr = run_cli("predict", scene, "-m", out, "--out", tmp_path / "m.tif", "--tta")
     assert code == 2 and "--tta and --amp work with checkpoints only" in stderr
+    code, _, stderr = run_cli("predict", scene, "-m", out, "--out", tmp_path / "m.tif",
+                              "--no-stac")
+    assert code == 0, stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tif", "model.onnx", "scene.tif"]

@@ -72,8 +72,9 @@ def test_folder_stdin_and_paths_on_a_pipe(run_cli, bundle, scenes, tmp_path, mon
     code, stdout, stderr = run_cli("predict", scenes[0].parent, "-m", bundle, "--out", maps,
                                    "--tile", 64, "--device", "cpu", "--vector", "geojson")
     assert code == 0, stderr
-    assert sorted(p.name for p in maps.iterdir()) == [
-        "scene0.geojson", "scene0.tif", "scene1.geojson", "scene1.tif"]
+    assert sorted(p.name for p in maps.iterdir()) == [  # a STAC Item beside each map
+        "scene0.geojson", "scene0.stac.json", "scene0.tif", "scene1.geojson", "scene1.stac.json",
+        "scene1.tif"]
     # stdout is not a terminal: the class COGs' paths, one per line, nothing else
     assert stdout.splitlines() == [str(maps / "scene0.tif"), str(maps / "scene1.tif")]
     monkeypatch.setattr(sys, "stdin", io.StringIO(f"{scenes[1]}\n"))
@@ -114,7 +115,8 @@ def test_each_torchrun_rank_takes_its_share(run_cli, bundle, scenes, tmp_path, m
                                    "--tile", 64, "--device", "cpu", "--json")
     assert code == 0, stderr
     assert [json.loads(line)["scene"] for line in stdout.splitlines()] == [str(scenes[1])]
-    assert [p.name for p in (tmp_path / "maps").iterdir()] == ["scene1.tif"]
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["scene1.stac.json",
+                                                                     "scene1.tif"]
 
 
 def test_refusals_are_one_line_errors(run_cli, bundle, scenes, tmp_path):
