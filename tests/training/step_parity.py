@@ -6,10 +6,11 @@ parameter names, two batches, the local crops the official ``crop_from_roi_neg``
 every loss term, step 1's intermediates, gradient norms, learning rates and parameter checksums.
 
 :func:`check_train_step_case` builds a :class:`~ctfa_cli.model.network.CTFANetwork` with the
-case's small ViT through timm, loads the weights, and runs ctfa's :class:`CTFAStep`,
-:func:`build_optimizer` and :meth:`CTFANetwork.ema_update` for two steps in the order of
-``ctfa_cli.training.loop`` (zero_grad → step forward → backward → clip → schedule step →
-optimiser step → EMA). Only two things are replaced, both without changing any computation:
+case's small ViT through timm, loads the weights, and runs ctfa's :class:`CTFAStep`
+and the optimiser of :func:`build_optimizer` for two steps through the loop's own
+:func:`ctfa_cli.training.loop.train_step` (zero_grad → step forward → backward → clip →
+schedule step → optimiser step → EMA). Only two things are replaced, neither changing any
+computation:
 
 * ``sample_local_crops`` returns the stored crops and flags (the official draw is a
   ``torch.randperm`` of the global generator that no other implementation reproduces). The
@@ -271,6 +272,7 @@ TERMS = ("cls", "cls_aux", "ptc", "ctc", "seg", "reg", "joint")
 
 def check_train_step_case(path: Path) -> None:
     """Replay a ``train_step`` case with ctfa's step, optimiser and EMA; compare everything."""
+    import ctfa_cli.training.loop as loop_module
     import ctfa_cli.training.step as step_module
     from ctfa_cli.training.optim import build_optimizer
     from ctfa_cli.training.step import CTFAStep
@@ -283,7 +285,8 @@ def check_train_step_case(path: Path) -> None:
     net.train()
     step_fn = CTFAStep(net, spec, cfg)
     optimizer = build_optimizer(net, cfg)
-    params = [p for p in net.parameters() if p.requires_grad]
+    params = [p for p in net.parameters() if p.requires_grad]  # as the loop clips them
+    meter = loop_module._Meter(0, 0, torch.device("cpu"))
     named = dict(net.named_parameters())
     group_of = {id(p): g for g, group in enumerate(optimizer.param_groups)
                 for p in group["params"]}
@@ -330,20 +333,19 @@ def check_train_step_case(path: Path) -> None:
                 patch(mock.patch.object(step_module, "scale_box",
                                         lambda box, _from, _to: box.to(torch.int64)))
 
-            # --- as in ctfa_cli.training.loop.train ---
-            optimizer.zero_grad(set_to_none=True)
-            out = step_fn(batch, n_iter)
-            out.loss.backward()
-            grads = {name: named[official_to_ctfa(name)].grad
-                     for name in m["param_names"] if official_to_ctfa(name) is not None}
-            grad_norms = {name: (float(g.norm()) if g is not None else float("nan"))
-                          for name, g in grads.items()}
-            full_grads = {name: grads[name].clone() for name in m["grad_keys"]} if k == 1 else {}
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            assert bool(torch.isfinite(out.loss) & torch.isfinite(grad_norm))
-            optimizer.global_step = n_iter
-            optimizer.step()
-            net.ema_update()
+            # The loop's own step: forward, backward, clip, schedule, AdamW, EMA.
+            outputs: list = []
+            clip = _clip_spy(rec, named, m)
+            patch(mock.patch.object(torch.nn.utils, "clip_grad_norm_", clip))
+            loop_module.train_step(
+                partial(_keep, outputs, step_fn), batch, n_iter, model=net,
+                optimizer=optimizer, params=params, meter=meter, cfg=cfg, world_size=1,
+                device=torch.device("cpu"))
+        (out,) = outputs
+        grad_norm, grad_norms = rec["grad_norm"], rec["grad_norms"]
+        full_grads = rec["full_grads"]
+        assert optimizer.global_step == n_iter + 1
+        assert rec["max_norm"] == m["script_cfg"]["clip_max_norm"]
 
         _check_losses(case, k, out, cfg)
         close(grad_norm, case[f"out_step{k}_grad_norm"], f"step{k} grad_norm", rtol=GRAD_RTOL)
@@ -372,6 +374,33 @@ def check_train_step_case(path: Path) -> None:
         _check_checksums(case, k, net, optimizer)
 
     _check_teacher(case, teacher_after, student_head_after, cfg.ema_momentum)
+
+
+def _keep(outputs: list, step_fn, batch, step):
+    """``step_fn(batch, step)``, its output also appended to ``outputs``."""
+    out = step_fn(batch, step)
+    outputs.append(out)
+    return out
+
+
+def _clip_spy(record: _Record, named: dict, meta: dict):
+    """``clip_grad_norm_`` that first records the pre-clip gradients (norms per parameter,
+    the stored full gradients) and then records the norm it returns."""
+    real = torch.nn.utils.clip_grad_norm_
+
+    def clip(parameters, max_norm, *args, **kwargs):
+        parameters = list(parameters)
+        grads = {name: named[official_to_ctfa(name)].grad for name in meta["param_names"]
+                 if official_to_ctfa(name) is not None}
+        record["grad_norms"] = {name: (float(g.norm()) if g is not None else float("nan"))
+                                for name, g in grads.items()}
+        record["full_grads"] = {name: grads[name].clone() for name in meta["grad_keys"]}
+        record["max_norm"] = max_norm
+        norm = real(parameters, max_norm, *args, **kwargs)
+        record["grad_norm"] = norm.detach().clone()
+        return norm
+
+    return clip
 
 
 def _record_args(record: _Record, key: str, fn):
