@@ -2,8 +2,10 @@
 
 Collects rows from ``kernels.par.bench``, ``kernels.bilateral.bench`` and
 ``kernels.dense_crf.bench``; every op module exposes ``run(device, repeats, *, quick=False)``
-returning rows ``{"op", "path", "device", "shape", "ms", "peak_mb", "speedup"}`` where
-``speedup`` is the reference path's time over this path's, measured in the same process.
+returning rows ``{"op", "path", "device", "shape", "ms", "peak_mb", "speedup", "agreement"}``
+where ``speedup`` is the reference path's time over this path's, measured in the same process,
+and ``agreement`` the share of output labels equal to the reference row's (ops that output
+labels, such as the CRF; None elsewhere).
 The measuring helpers below are shared by those modules, so every row means the same:
 
 * ``ms`` — the minimum wall time over ``repeats`` calls (the minimum is the least disturbed
@@ -45,7 +47,8 @@ class Op(str, enum.Enum):
     dense_crf = "dense_crf"
 
 
-ROW_KEYS: tuple[str, ...] = ("op", "path", "device", "shape", "ms", "peak_mb", "speedup")
+ROW_KEYS: tuple[str, ...] = ("op", "path", "device", "shape", "ms", "peak_mb", "speedup",
+                             "agreement")
 
 
 def _synchronize(device: str) -> None:
@@ -160,11 +163,12 @@ def print_table(rows: list[dict]) -> None:
     table = Table(
         title="CTFA kernels",
         caption="ms: min over repeats; peak MB: extra memory of one call; "
-        "speedup: reference ms / path ms; memory: reference peak / path peak",
+        "speedup: reference ms / path ms; memory: reference peak / path peak; agreement: "
+        "labels equal to the reference's",
     )
     for column in ("op", "path", "device", "shape"):
         table.add_column(column, overflow="fold")
-    for column in ("ms", "peak MB", "speedup", "memory"):
+    for column in ("ms", "peak MB", "speedup", "memory", "agreement"):
         table.add_column(column, justify="right", overflow="fold")
     for row in rows:
         ref = reference.get((row["op"], row["device"], row["shape"]))
@@ -177,6 +181,7 @@ def print_table(rows: list[dict]) -> None:
             "—" if row["peak_mb"] is None else f"{row['peak_mb']:.1f}",
             f"{row['speedup']:.2f}×" if row["speedup"] is not None else "—",
             _ratio_text(row["peak_mb"], ref["peak_mb"] if ref else None),
+            "—" if row["agreement"] is None else f"{row['agreement']:.2%}",
         )
     console = Console()
     if not console.is_terminal:

@@ -152,7 +152,7 @@ def _row(path: str, device: str, values, ms: float, peak_mb: float | None) -> di
     """One filter row of :func:`run` (``speedup`` filled in by :func:`_speedups`)."""
     return {"op": "bilateral_filter", "path": path, "device": device,
             "shape": "x".join(map(str, values.shape)), "ms": ms, "peak_mb": peak_mb,
-            "speedup": None}
+            "speedup": None, "agreement": None}
 
 
 def _speedups(group: list[dict], baseline: dict) -> None:

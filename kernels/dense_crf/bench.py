@@ -61,7 +61,8 @@ def run(device: str, repeats: int, *, quick: bool = False) -> list[dict]:
         quick: only the first group, on a tiny shape (a smoke test of the driver).
 
     Returns:
-        Rows ``{"op": "energy_loss", "path", "device", "shape", "ms", "peak_mb", "speedup"}``.
+        Rows ``{"op": "energy_loss", "path", "device", "shape", "ms", "peak_mb", "speedup",
+        "agreement"}``, then the CRF inference rows of :func:`crf_rows`.
     """
     from kernels.dense_crf import energy_loss
     from kernels.dense_crf.reference import energy_loss_reference
@@ -90,6 +91,7 @@ def run(device: str, repeats: int, *, quick: bool = False) -> list[dict]:
             "ms": ms,
             "peak_mb": peak_mb,
             "speedup": None,
+            "agreement": None,
         }
 
     exact_paths = ["torch"] + (["triton"] if on_cuda else [])
@@ -99,7 +101,7 @@ def run(device: str, repeats: int, *, quick: bool = False) -> list[dict]:
     ]
     for row in group:
         row["speedup"] = group[0]["ms"] / row["ms"]
-    rows = group
+    rows = group + crf_rows(device, repeats, quick=quick)
     if quick:
         return rows
 
@@ -122,3 +124,88 @@ def _forced_filter_path(path: str) -> Iterator[None]:
             del os.environ[PATH_ENV_VAR]
         else:
             os.environ[PATH_ENV_VAR] = saved
+
+
+#: CRF inference rows: one 512² image, 6 classes, the official 10 iterations.
+CRF_SHAPE: tuple[int, int, int, int] = (1, 6, 512, 512)
+CRF_QUICK_SHAPE: tuple[int, int, int, int] = (1, 6, 24, 24)
+
+
+def crf_inputs(shape: tuple[int, int, int, int], seed: int = 0):
+    """Seeded ``probs`` ``[B, C, H, W]`` (softmax of smooth logits plus noise) and ``images``
+    ``[B, 3, H, W]`` (the synthetic colour images of the bilateral benchmark, 0..255, rounded
+    to grey levels as pydensecrf takes uint8), on the CPU."""
+    import torch
+    import torch.nn.functional as F
+
+    from kernels.bilateral.bench import synthetic_inputs
+
+    batch, classes, height, width = shape
+    images, _ = synthetic_inputs((batch, 1, height, width), "cpu", seed)
+    generator = torch.Generator().manual_seed(seed + 2)
+    coarse = 4 * torch.randn(batch, classes, max(height // 32, 2), max(width // 32, 2),
+                             generator=generator)
+    logits = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
+    logits += torch.randn(batch, classes, height, width, generator=generator)
+    return torch.softmax(logits, 1), images.clamp(0, 255).round()
+
+
+def crf_rows(device: str, repeats: int, *, quick: bool = False) -> list[dict]:
+    """Dense-CRF inference (official parameters): ctfa's lattice path on ``device`` against
+    pydensecrf (the library the official evaluation calls; CPU, when installed), time and the
+    share of labels on which they agree (``speedup``: pydensecrf ms / path ms)."""
+    import numpy as np
+
+    from kernels.dense_crf import OFFICIAL_CRF, dense_crf
+
+    shape = CRF_QUICK_SHAPE if quick else CRF_SHAPE
+    probs, images = crf_inputs(shape)
+    label = "x".join(map(str, shape))
+    rows = []
+    reference = _pydensecrf_labels(probs, images)
+    if reference is not None:
+        labels, call = reference
+        rows.append({"op": "crf_inference", "path": "pydensecrf", "device": "cpu",
+                     "shape": label, "ms": time_ms(call, "cpu", repeats), "peak_mb": None,
+                     "speedup": 1.0, "agreement": 1.0})
+    on_device = probs.to(device), images.to(device)
+
+    def lattice():
+        return dense_crf(*on_device, OFFICIAL_CRF)
+
+    ours = lattice().argmax(1).cpu().numpy()
+    ms = time_ms(lattice, device, repeats)
+    rows.append({"op": "crf_inference", "path": "lattice", "device": device, "shape": label,
+                 "ms": ms, "peak_mb": peak_extra_mb(lattice, device),
+                 "speedup": rows[0]["ms"] / ms if rows else None,
+                 "agreement": float(np.mean(ours == labels)) if rows else None})
+    return rows
+
+
+def _pydensecrf_labels(probs, images):
+    """pydensecrf's labels of each image and a call that recomputes them; None when
+    pydensecrf is not installed (``pip install pydensecrf2``)."""
+    try:
+        import pydensecrf.densecrf as dcrf
+        import pydensecrf.utils as utils
+    except ImportError:
+        return None
+    import numpy as np
+
+    from kernels.dense_crf import OFFICIAL_CRF as crf
+
+    def call():
+        labels = []
+        for prob, image in zip(probs.numpy(), images.numpy(), strict=True):
+            classes, height, width = prob.shape
+            model = dcrf.DenseCRF2D(width, height, classes)
+            model.setUnaryEnergy(np.ascontiguousarray(utils.unary_from_softmax(prob)))
+            model.addPairwiseGaussian(sxy=crf.pos_xy_std, compat=crf.pos_w)
+            model.addPairwiseBilateral(
+                sxy=crf.bi_xy_std, srgb=crf.bi_rgb_std, compat=crf.bi_w,
+                rgbim=np.ascontiguousarray(image.transpose(1, 2, 0).astype(np.uint8)))
+            q = np.array(model.inference(crf.iterations)).reshape(classes, height, width)
+            labels.append(q.argmax(0))
+        return np.stack(labels)
+
+    return call(), call

@@ -36,7 +36,8 @@ def run(device: str, repeats: int, *, quick: bool = False) -> list[dict]:
 
     Returns:
         One row per path, reference first: ``{"op": "par", "path", "device", "shape": "BxKxHxW",
-        "ms", "peak_mb", "speedup"}`` with ``speedup`` = reference ms / this path's ms.
+        "ms", "peak_mb", "speedup", "agreement": None}`` with ``speedup`` = reference ms / this
+        path's ms.
     """
     import torch
 
@@ -66,6 +67,7 @@ def run(device: str, repeats: int, *, quick: bool = False) -> list[dict]:
                 "shape": f"{batch}x{classes}x{height}x{width}",
                 "ms": ms,
                 "peak_mb": peak_mb,
+                "agreement": None,
             }
         )
     for row in rows:
