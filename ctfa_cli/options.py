@@ -55,6 +55,16 @@ DataOutOpt = Annotated[
                               "is reused, anything else is refused unless --overwrite) "
                               "[default: <data folder>/<dataset>].", show_default=False)
 ]
+CrfOpt = Annotated[
+    bool, typer.Option("--crf", help="Post-process the segmentation with the fully connected "
+                       "CRF of the official evaluation (10 mean-field iterations, Gaussian "
+                       "weight 1 and σ 1 px, bilateral weight 4, σ 121 px and 5 grey levels).")
+]
+CrfSetOpt = Annotated[
+    list[str] | None, typer.Option(
+        "--crf-set", help="Override one CRF parameter: iterations, pos_w, pos_xy_std, bi_w, "
+        "bi_xy_std or bi_rgb_std=value (repeatable; implies --crf).", show_default=False)
+]
 BandsOpt = Annotated[
     str | None,
     typer.Option("--bands", help="Bands: a preset name or 1-based indices such as 4,1,2."),
@@ -106,3 +116,33 @@ def chosen_data(data: Path | None, record) -> Path:
         raise CtfaUsageError("pass --data DATA_DIR (the model is not from a run of the "
                              "workspace, so its DATA_DIR is not known)")
     return Path(record.summary["data_dir"])
+
+
+def crf_params(crf: bool, items: list[str] | None):
+    """The CRF that ``--crf``/``--crf-set`` ask for (:class:`kernels.dense_crf.CRFParams`),
+    or None for no CRF.
+
+    Raises:
+        CtfaUsageError: an item that is not ``key=number`` of a CRF parameter.
+    """
+    import dataclasses
+
+    from ctfa_cli.config import parse_set_options
+    from ctfa_cli.errors import CtfaUsageError
+    from kernels.dense_crf import OFFICIAL_CRF
+
+    if not crf and not items:
+        return None
+    names = [f.name for f in dataclasses.fields(OFFICIAL_CRF)]
+    changes = parse_set_options(items or [])
+    for key, value in changes.items():
+        if key not in names:
+            raise CtfaUsageError(f"--crf-set {key}: not a CRF parameter; choose one of "
+                                 f"{', '.join(names)}")
+        wanted = int if key == "iterations" else float
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or (
+                wanted is int and not isinstance(value, int)):
+            raise CtfaUsageError(f"--crf-set {key}={value}: expected a non-negative "
+                                 f"{'integer' if wanted is int else 'number'}")
+        changes[key] = wanted(value)
+    return dataclasses.replace(OFFICIAL_CRF, **changes)

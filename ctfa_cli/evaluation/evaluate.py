@@ -16,6 +16,10 @@ Targets (what is compared with the ground-truth masks):
   classifier turned into labels with ``cfg.bkg_thre``. As in the official CAM evaluation, the
   CAMs are restricted to the chip's **ground-truth image-level labels**, so these numbers
   measure localisation given the tags, not classification.
+* ``seg_crf``: the segmentation probabilities (as ``seg`` computes them) post-processed by the
+  fully connected CRF of the official evaluation (:func:`kernels.dense_crf.dense_crf`, lattice,
+  the official parameters unless others are given), with the chip's first three bands as its
+  colours: the paper's tables report this figure.
 * ``pseudo``: the refined pseudo label of training (CAM of the final classifier restricted to
   the image-level labels → high/low background thresholds → PAR at half resolution), on the
   whole chip. Pixels it leaves undecided (``ignore_index``) count as misses of their true class
@@ -24,6 +28,18 @@ Targets (what is compared with the ground-truth masks):
 Chips are evaluated at their own size (``input_size=None``), as the official test scripts do;
 the training loop passes ``input_size=cfg.crop_size`` because the official validation resizes
 every image to the training crop size and the predictions back to the mask size.
+
+Protocols of ``seg`` and ``seg_crf``: ``ctfa`` (default) is the softmax of one pass (``--tta``:
+averaged over :data:`~ctfa_cli.inference.predict.TTA_SCALES` and flips, as ``ctfa predict``);
+``official`` is ``tools/infer_seg_*.py`` of the official code: at each of
+:data:`OFFICIAL_SCALES` the chip and its horizontal flip go through the network, their logits
+are resized once, straight to the chip size, and added (the flip flipped back); the
+element-wise maximum over the scales is the logit map whose arg-max is ``seg`` (their
+``seg_pred``) and whose softmax feeds the CRF (``seg_crf``). Two things differ from the
+scripts, both documented fixes: ``seg_crf`` is scored against the masks (the scripts score the
+test split's CRF labels against the image's first channel, ``label = image[:, :, 0]``), and a
+scaled size that is not a multiple of the patch size is rounded to one (the scripts' 512-px
+chips never need it).
 """
 
 from __future__ import annotations
@@ -53,14 +69,20 @@ from ctfa_cli.objectives.refine import pseudo_label_from_cams
 from ctfa_cli.precision import autocast, check_amp
 from ctfa_cli.progress import progress_bar
 from ctfa_cli.training.data import normalize
+from kernels.dense_crf import OFFICIAL_CRF, CRFParams, dense_crf
 
 log = logging.getLogger("ctfa.evaluation.evaluate")
 
-TARGETS = ("seg", "cam", "aux_cam", "pseudo")
+TARGETS = ("seg", "seg_crf", "cam", "aux_cam", "pseudo")
+SEG_TARGETS = ("seg", "seg_crf")
+PROTOCOLS = ("ctfa", "official")
+#: Scales of the official segmentation evaluation (``--scales`` of ``infer_seg_*.py``).
+OFFICIAL_SCALES = (1.0, 1.5, 1.25)
 CAM_TARGETS = ("cam", "aux_cam", "pseudo")
 # The folder ``ctfa evaluate`` writes; overlays show chips spread evenly over the split.
 METRICS_JSON = "metrics.json"
 CONFUSION_PNG = "confusion.png"
+CONFUSION_CRF_PNG = "confusion_crf.png"
 OVERLAYS_DIR = "overlays"
 NUM_OVERLAYS = 6
 
@@ -153,6 +175,8 @@ def predict_chips(
     world_size: int = 1,
     progress: bool = False,
     amp: str = "none",
+    protocol: str = "ctfa",
+    crf: CRFParams = OFFICIAL_CRF,
 ) -> Iterator[ChipPrediction]:
     """Run the model over the chips of a split, one :class:`ChipPrediction` per chip.
 
@@ -181,6 +205,9 @@ def predict_chips(
         amp: run the network under bfloat16 autocast (``"bf16"``, see
             :func:`ctfa_cli.precision.autocast`) or in float32 (``"none"``); CAMs and
             probabilities are float32 either way.
+        protocol: how ``seg``/``seg_crf`` are computed: ``ctfa`` or ``official`` (see the
+            module docstring).
+        crf: the CRF of ``seg_crf``.
 
     Yields:
         :class:`ChipPrediction`, in split order (of this rank's share).
@@ -188,18 +215,32 @@ def predict_chips(
     Raises:
         CtfaError: the split is empty, a chip is unreadable, or the model does not fit
             DATA_DIR (see :func:`check_model_fits`).
-        CtfaUsageError: an unknown target or ``amp``.
+        CtfaUsageError: an unknown target, ``amp`` or protocol, or ``tta`` with the official
+            protocol (it has its own scales).
     """
     targets = check_targets(targets)
     check_amp(amp)
+    if protocol not in PROTOCOLS:
+        raise CtfaUsageError(f"--protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
+    if protocol == "official" and tta:
+        raise CtfaUsageError("--tta does not apply to --protocol official, which has its own "
+                             f"scales ({', '.join(map(str, OFFICIAL_SCALES))}, with flips)")
     check_model_fits(spec, data)
     rows = data.split(split)
     rows = rows.drop(columns=rows.geometry.name).to_dict("records")[rank::world_size]
     device = torch.device(device)
     was_training = model.training
     seg = None
-    if "seg" in targets:
-        seg = BundlePredictor(Bundle(model=model, spec=spec, cfg=cfg), device, tta=tta, amp=amp)
+    if any(t in SEG_TARGETS for t in targets):
+        if protocol == "official":
+            def seg(images: Tensor, size) -> Tensor:
+                return official_seg_logits(model, images, size, amp=amp).softmax(1)
+        else:
+            one_pass = BundlePredictor(Bundle(model=model, spec=spec, cfg=cfg), device, tta=tta,
+                                       amp=amp)
+
+            def seg(images: Tensor, size) -> Tensor:
+                return _resize(one_pass(images), size)
     model.to(device).eval()
     try:
         with progress_bar(f"{split}: {', '.join(targets)}", len(rows), enabled=progress,
@@ -207,7 +248,7 @@ def predict_chips(
             for batch in _same_size_batches(rows, batch_size):
                 chips = [_read(data, row) for row in batch]
                 yield from _predict_batch(model, spec, cfg, chips, targets, seg, device,
-                                          input_size, keep_cams, amp)
+                                          input_size, keep_cams, amp, crf)
                 advance(len(batch))
     finally:
         model.train(was_training)
@@ -228,6 +269,8 @@ def evaluate_split(
     input_size: int | None = None,
     on_chip: Callable[[ChipPrediction], None] | None = None,
     amp: str = "none",
+    protocol: str = "ctfa",
+    crf: CRFParams = OFFICIAL_CRF,
 ) -> dict[str, dict]:
     """Metrics of each target on a split, from one confusion matrix per target.
 
@@ -236,8 +279,8 @@ def evaluate_split(
     this**; all ranks return the same metrics.
 
     Args:
-        model, spec, cfg, data, split, targets, tta, device, batch_size, input_size, amp: see
-            :func:`predict_chips`.
+        model, spec, cfg, data, split, targets, tta, device, batch_size, input_size, amp,
+            protocol, crf: see :func:`predict_chips`.
         progress: show a progress bar on stderr (rank 0, terminal only).
         on_chip: called with every :class:`ChipPrediction` of this rank (e.g. to keep a few
             for overlays) after it was scored.
@@ -265,7 +308,7 @@ def evaluate_split(
     chips = predict_chips(model, spec, cfg, data, split, targets=targets, tta=tta,
                           device=device, batch_size=batch_size, input_size=input_size,
                           rank=rank, world_size=world_size, progress=progress and rank == 0,
-                          amp=amp)
+                          amp=amp, protocol=protocol, crf=crf)
     for chip in chips:
         mask = torch.from_numpy(chip.mask)
         for target in targets:
@@ -292,6 +335,8 @@ class EvaluationReport:
         target: the target evaluated.
         tta: whether test-time augmentation was used.
         amp: the precision the network ran in (``none`` or ``bf16``).
+        protocol: ``ctfa`` or ``official`` (see the module docstring).
+        crf_metrics: the ``seg_crf`` metrics beside ``metrics`` (with ``crf``), else None.
         spec: the dataset spec (class names, palette).
         metrics: the target's metrics (see :func:`evaluate_split`).
         out: the folder holding ``metrics.json``, ``confusion.png`` and ``overlays/``.
@@ -308,25 +353,30 @@ class EvaluationReport:
     metrics: dict
     out: Path
     files: list[Path]
+    protocol: str = "ctfa"
+    crf_metrics: dict | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready summary (NaN written as null)."""
         return report.jsonable({
             "model": str(self.model), "data": str(self.data), "split": self.split,
             "target": self.target, "tta": self.tta, "amp": self.amp,
-            "classes": list(self.spec.classes),
-            "metrics": self.metrics, "out": str(self.out),
+            "protocol": self.protocol, "classes": list(self.spec.classes),
+            "metrics": self.metrics, "metrics_crf": self.crf_metrics, "out": str(self.out),
             "files": [str(p) for p in self.files],
         })
 
 
-def default_eval_dir(model_path: Path, split: str, target: str, tta: bool) -> Path:
-    """``RUN_DIR/eval_<split>_<target>[_tta]``, RUN_DIR being the folder that holds the
-    checkpoint's ``checkpoints/`` folder (or the checkpoint's own folder elsewhere)."""
+def default_eval_dir(model_path: Path, split: str, target: str, tta: bool,
+                     protocol: str = "ctfa", crf: bool = False) -> Path:
+    """``RUN_DIR/eval_<split>_<target>[_tta][_official][_crf]``, RUN_DIR being the folder that
+    holds the checkpoint's ``checkpoints/`` folder (or the checkpoint's own folder elsewhere)."""
     model_path = Path(model_path)
     parent = model_path.parent
     run_dir = parent.parent if parent.name == "checkpoints" else parent
-    return run_dir / f"eval_{split}_{target}{'_tta' if tta else ''}"
+    suffix = ("_tta" if tta else "") + ("_official" if protocol == "official" else "") + \
+        ("_crf" if crf else "")
+    return run_dir / f"eval_{split}_{target}{suffix}"
 
 
 def evaluate_checkpoint(
@@ -343,6 +393,8 @@ def evaluate_checkpoint(
     num_overlays: int = NUM_OVERLAYS,
     progress: bool = True,
     amp: str = "none",
+    crf: CRFParams | None = None,
+    protocol: str = "ctfa",
 ) -> EvaluationReport:
     """``ctfa evaluate``: score a checkpoint on a split and write the report files.
 
@@ -350,25 +402,33 @@ def evaluate_checkpoint(
     :meth:`EvaluationReport.to_json` summary), ``confusion.png`` (row-normalised confusion
     matrix) and ``overlays/<chip_id>.png`` (image | ground truth | prediction) for
     ``num_overlays`` chips spread evenly over the split. Every file is written under a
-    temporary name, then renamed.
+    temporary name, then renamed. With ``crf`` (``seg`` only) the ``seg_crf`` target is scored
+    beside it (``crf_metrics``, ``confusion_crf.png``, and its prediction in the overlays'
+    place of the plain one); ``protocol`` picks how both are computed.
 
     Raises:
         CtfaError: DATA_DIR or checkpoint missing or invalid, a class-count mismatch, a split
             without masks, or ``out`` not empty without ``overwrite``.
-        CtfaUsageError: unknown target, device or ``amp``, or ``tta`` with another target than
-            ``seg``.
+        CtfaUsageError: unknown target, device, ``amp`` or protocol, or ``tta``, ``crf`` or the
+            official protocol with another target than ``seg``.
     """
     (target,) = check_targets([target])
     check_amp(amp)
-    if tta and target != "seg":
-        raise CtfaUsageError(f"--tta applies to --target seg only; the {target} target always "
-                             "uses multi-scale + flip CAMs (cam_scales of the checkpoint)")
+    if target != "seg":
+        for given, flag in ((tta, "--tta"), (crf is not None, "--crf"),
+                            (protocol != "ctfa", "--protocol")):
+            if given:
+                raise CtfaUsageError(f"{flag} applies to --target seg only; the {target} target "
+                                     "always uses multi-scale + flip CAMs (cam_scales of the "
+                                     "checkpoint)")
     data = DataDir.open(data_dir)
     resolved = resolve_device(device)
     bundle = load_bundle(model_path, resolved)
     check_model_fits(bundle.spec, data, model_path)
-    out = Path(out) if out is not None else default_eval_dir(model_path, split, target, tta)
-    claim_folder(out, overwrite, owned=(METRICS_JSON, CONFUSION_PNG, OVERLAYS_DIR))
+    out = Path(out) if out is not None else default_eval_dir(model_path, split, target, tta,
+                                                             protocol, crf is not None)
+    claim_folder(out, overwrite, owned=(METRICS_JSON, CONFUSION_PNG, CONFUSION_CRF_PNG,
+                                        OVERLAYS_DIR))
     total = len(data.split(split))
     chosen = set(np.linspace(0, total - 1, min(num_overlays, total)).round().astype(int))
     kept: list[ChipPrediction] = []
@@ -382,19 +442,25 @@ def evaluate_checkpoint(
 
     log.info("evaluating %s on %s split %s: target %s%s on %s%s", model_path, data.root, split,
              target, " with TTA" if tta else "", resolved, " in bfloat16" if amp == "bf16" else "")
-    metrics = evaluate_split(bundle.model, bundle.spec, bundle.cfg, data, split,
-                             targets=(target,), tta=tta, device=resolved,
-                             batch_size=batch_size, progress=progress, on_chip=keep_some,
-                             amp=amp)[target]
+    targets = (target, "seg_crf") if crf is not None else (target,)
+    scores = evaluate_split(bundle.model, bundle.spec, bundle.cfg, data, split,
+                            targets=targets, tta=tta, device=resolved, batch_size=batch_size,
+                            progress=progress, on_chip=keep_some, amp=amp, protocol=protocol,
+                            crf=crf or OFFICIAL_CRF)
     files = [out / METRICS_JSON, out / CONFUSION_PNG]
     result = EvaluationReport(model=Path(model_path), data=data.root, split=split, target=target,
-                              tta=tta, amp=amp, spec=bundle.spec, metrics=metrics, out=out,
-                              files=files)
-    report.write_confusion_png(files[1], metrics, bundle.spec.classes)
+                              tta=tta, amp=amp, spec=bundle.spec, metrics=scores[target],
+                              out=out, files=files, protocol=protocol,
+                              crf_metrics=scores.get("seg_crf"))
+    report.write_confusion_png(files[1], scores[target], bundle.spec.classes)
+    if crf is not None:
+        files.append(out / CONFUSION_CRF_PNG)
+        report.write_confusion_png(files[-1], scores["seg_crf"], bundle.spec.classes)
+    shown = targets[-1]  # the CRF label when there is one: the figure the paper reports
     for chip in kept:
         path = out / OVERLAYS_DIR / f"{chip.chip_id}.png"
-        report.write_overlay_png(path, chip.image, chip.mask, chip.predictions[target],
-                                 bundle.spec, prediction_title=target)
+        report.write_overlay_png(path, chip.image, chip.mask, chip.predictions[shown],
+                                 bundle.spec, prediction_title=shown)
         files.append(path)
     write_json(files[0], result.to_json())
     log.info("wrote %s", out)
@@ -433,9 +499,48 @@ def _read(data: DataDir, row: dict) -> ChipPrediction:
 
 
 @torch.no_grad()
+def official_seg_logits(model, images: Tensor, size: Sequence[int], *,
+                        amp: str = "none") -> Tensor:
+    """The official evaluation's segmentation logits (see the module docstring).
+
+    Args:
+        model: a :class:`~ctfa_cli.model.network.CTFANetwork` in eval mode.
+        images: ``[B, in_chans, h, w]`` normalised chips.
+        size: ``(H, W)`` of the masks the logits are resized to.
+        amp: precision of the network (see :func:`ctfa_cli.precision.autocast`).
+
+    Returns:
+        ``[B, C, H, W]`` float32: per scale of :data:`OFFICIAL_SCALES` the logits of the
+        scaled chip plus those of its flip (flipped back), the maximum over the scales.
+    """
+    patch = model.encoder.patch_size[0]
+    height, width = images.shape[-2:]
+    best: Tensor | None = None
+    for scale in OFFICIAL_SCALES:
+        scaled = [max(1, round(int(n * scale) / patch)) * patch for n in (height, width)]
+        x = F.interpolate(images, size=scaled, mode="bilinear", align_corners=False)
+        with autocast(amp, images.device):
+            both = model.segment(torch.cat([x, x.flip(-1)]), size=tuple(size)).float()
+        logits = both[:len(images)] + both[len(images):].flip(-1)
+        best = logits if best is None else torch.maximum(best, logits)
+    return best
+
+
+def crf_colours(chips: list[ChipPrediction]) -> Tensor:
+    """``[B, 3, H, W]`` float32 colours of the CRF's appearance kernel: each chip's first three
+    bands as stored (uint8, as the official scripts read the chip PNGs; the first band repeated
+    for chips of fewer bands)."""
+    stacked = []
+    for chip in chips:
+        image = torch.from_numpy(chip.image[:3]).float()
+        stacked.append(image[:1].expand(3, -1, -1) if len(image) < 3 else image)
+    return torch.stack(stacked)
+
+
+@torch.no_grad()
 def _predict_batch(model, spec: DatasetSpec, cfg: TrainConfig, chips: list[ChipPrediction],
                    targets: tuple[str, ...], seg, device: torch.device, input_size: int | None,
-                   keep_cams: bool, amp: str) -> list[ChipPrediction]:
+                   keep_cams: bool, amp: str, crf: CRFParams) -> list[ChipPrediction]:
     """Fill ``predictions`` (and ``cams``) of a batch of same-size chips."""
     size = chips[0].image.shape[-2:]
     images = torch.stack([normalize(torch.from_numpy(c.image), spec) for c in chips]).to(device)
@@ -444,7 +549,10 @@ def _predict_batch(model, spec: DatasetSpec, cfg: TrainConfig, chips: list[ChipP
                                align_corners=False)
     outputs: dict[str, Tensor] = {}
     if seg is not None:
-        outputs["seg"] = _resize(seg(images), size).argmax(dim=1)
+        probs = seg(images, size)  # [B, C, H, W] at the chip size
+        outputs["seg"] = probs.argmax(dim=1)
+        if "seg_crf" in targets:
+            outputs["seg_crf"] = dense_crf(probs, crf_colours(chips).to(device), crf).argmax(1)
     if keep_cams or any(t in CAM_TARGETS for t in targets):
         labels = torch.from_numpy(np.stack([c.labels for c in chips])).to(device)
         with autocast(amp, device):

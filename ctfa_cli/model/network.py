@@ -159,13 +159,16 @@ class CTFANetwork(nn.Module):
         final = final.contiguous()
         return self.decoder(final), self.foreground_decoder(final)
 
-    def segment(self, x: Tensor) -> Tensor:
+    def segment(self, x: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         """Segmentation logits ``[B, C, H, W]`` of images ``[B, in_chans, H, W]``.
 
-        The decoder output is upsampled bilinearly (``align_corners=False``) to the input size.
+        The decoder output is upsampled bilinearly (``align_corners=False``) to ``size``, by
+        default the input size (the official evaluation resizes it once, straight to the mask
+        size, from a scaled input).
         """
         seg = self.decoder(self.features(x).final)
-        return F.interpolate(seg, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(seg, size=size or x.shape[-2:], mode="bilinear",
+                             align_corners=False)
 
     def project_views(self, global_cls: Tensor, local_views: Tensor) -> tuple[Tensor, Tensor]:
         """Teacher and student projections of the global and local views (contrastive tokens).

@@ -95,3 +95,30 @@ def test_bad_inputs_end_with_one_line(run_cli, tmp_path_factory, checkpoint, dat
     assert expected in message[0]
     if case == "class count":
         assert "has 6 (synthetic)" in message[0]
+
+
+def test_official_protocol_with_crf_reports_seg_and_seg_crf(run_cli, checkpoint, datadir):
+    code, out, err = run_cli("evaluate", "--model", checkpoint, "--data", datadir,
+                             "--protocol", "official", "--crf", "--json", "--device", "cpu")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["protocol"] == "official" and report["target"] == "seg"
+    plain, crf = report["metrics"], report["metrics_crf"]
+    for metrics in (plain, crf):
+        assert metrics["pixels"] == 4 * 64 * 64 and metrics["mf1_official"] >= metrics["mf1"]
+    assert plain["confusion"] != crf["confusion"]  # the CRF moved labels
+    folder = checkpoint.parent.parent / "eval_test_seg_official_crf"
+    assert report["out"] == str(folder)
+    assert (folder / "confusion.png").is_file() and (folder / "confusion_crf.png").is_file()
+    code, out, _ = run_cli("evaluate", "--model", checkpoint, "--data", datadir, "--crf-set",
+                           "bi_w=0", "--crf-set", "pos_w=0", "--json", "--device", "cpu",
+                           "--out", checkpoint.parent / "no-pairwise")
+    report = json.loads(out)
+    # Without pairwise terms the CRF returns the (clipped) probabilities: seg_crf = seg.
+    assert report["metrics_crf"]["confusion"] == report["metrics"]["confusion"]
+    code, _, err = run_cli("evaluate", "--model", checkpoint, "--data", datadir, "--crf-set",
+                           "bi_ww=1")
+    assert code == 2 and "not a CRF parameter" in err
+    code, _, err = run_cli("evaluate", "--model", checkpoint, "--data", datadir, "--target",
+                           "cam", "--crf")
+    assert code == 2 and "--crf applies to --target seg only" in err

@@ -18,6 +18,7 @@ from ctfa_cli.evaluation.evaluate import (
     default_eval_dir,
     evaluate_checkpoint,
     evaluate_split,
+    official_seg_logits,
     predict_chips,
 )
 from ctfa_cli.model.bundle import load_bundle
@@ -188,3 +189,55 @@ def test_evaluate_checkpoint_writes_its_folder(tmp_path, bundle_path, datadir):
     assert saved["classes"][1] == "building" and saved["metrics"]["iou"][1] is None  # NaN→null
     with pytest.raises(CtfaError, match="not empty; pass --overwrite"):
         evaluate_checkpoint(model, datadir, target="cam", progress=False)
+
+
+def _official_loop_logits(model, x: torch.Tensor, size) -> torch.Tensor:
+    """``_validate`` of the official ``tools/infer_seg_potsdam.py``, typed out: per scale the
+    chip and its flip through the network, the decoder's logits resized to the mask size and
+    added (flip flipped back), the maximum over the scales (1.0, 1.5, 1.25)."""
+    h, w = x.shape[-2:]
+    seg_list = []
+    with torch.no_grad():
+        for sc in (1.0, 1.5, 1.25):
+            inputs = F.interpolate(x, size=[int(h * sc), int(w * sc)], mode="bilinear",
+                                   align_corners=False)
+            inputs_cat = torch.cat([inputs, inputs.flip(-1)], dim=0)
+            segs = model.decoder(model.features(inputs_cat).final)  # the network's [1]
+            segs = F.interpolate(segs, size=size, mode="bilinear", align_corners=False)
+            seg_list.append(segs[:1] + segs[1:].flip(-1))
+    return torch.max(torch.stack(seg_list, dim=0), dim=0)[0]
+
+
+def test_official_protocol_is_the_official_scripts_loop(bundle, data):
+    chip = next(predict_chips(bundle.model, bundle.spec, bundle.cfg, data, "test"))
+    x = normalize(torch.from_numpy(chip.image), bundle.spec)[None]
+    expected = _official_loop_logits(bundle.model.eval(), x, (64, 64))
+    got = official_seg_logits(bundle.model, x, (64, 64))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    official = next(predict_chips(bundle.model, bundle.spec, bundle.cfg, data, "test",
+                                  protocol="official", batch_size=1))
+    assert np.array_equal(official.predictions["seg"], expected.argmax(1)[0].numpy())
+    with pytest.raises(CtfaUsageError, match="--tta does not apply to --protocol official"):
+        next(predict_chips(bundle.model, bundle.spec, bundle.cfg, data, "test", tta=True,
+                           protocol="official"))
+
+
+def test_seg_crf_is_pydensecrf_on_the_official_probabilities(bundle, data):
+    dcrf = pytest.importorskip("pydensecrf.densecrf", reason="pydensecrf2 (dev extra) is not "
+                               "installed: pip install pydensecrf2")
+    utils = pytest.importorskip("pydensecrf.utils")
+    chips = list(predict_chips(bundle.model, bundle.spec, bundle.cfg, data, "test",
+                               targets=("seg_crf",), protocol="official", batch_size=2))
+    agreement = []
+    for chip in chips:
+        x = normalize(torch.from_numpy(chip.image), bundle.spec)[None]
+        prob = _official_loop_logits(bundle.model.eval(), x, (64, 64)).softmax(1)[0].numpy()
+        # crf_proc of the official script: DenseCRF(10, pos 1/1, bilateral 4/121/5) on uint8
+        crf = dcrf.DenseCRF2D(64, 64, prob.shape[0])
+        crf.setUnaryEnergy(np.ascontiguousarray(utils.unary_from_softmax(prob)))
+        crf.addPairwiseGaussian(sxy=1, compat=1)
+        crf.addPairwiseBilateral(sxy=121, srgb=5, compat=4, rgbim=np.ascontiguousarray(
+            chip.image[:3].transpose(1, 2, 0)))
+        expected = np.array(crf.inference(10)).reshape(prob.shape).argmax(0)
+        agreement.append((chip.predictions["seg_crf"] == expected).mean())
+    assert min(agreement) >= 0.995
