@@ -191,6 +191,9 @@ class TrainConfig(StrictModel):
     # as they did in the official runs (PyTorch 1.8 allowed TF32 by default); false: strict
     # float32. No effect on CPU (see ctfa_cli.precision.tf32_flags).
     tf32: bool = True
+    # tensorboard: rank 0 also writes RUN_DIR/tensorboard/ (every metrics.jsonl number and a
+    # grid of validation chips per evaluation) when the tensorboard package is installed.
+    tensorboard: bool = True
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:

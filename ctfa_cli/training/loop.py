@@ -64,6 +64,7 @@ from ctfa_cli.training.data import (
 )
 from ctfa_cli.training.optim import build_optimizer
 from ctfa_cli.training.step import CTFAStep
+from ctfa_cli.training.tensorboard import open_writer
 from ctfa_cli.workspace import RUN_JSON, write_run_record
 
 log = logging.getLogger("ctfa.training.loop")
@@ -272,6 +273,9 @@ def _train(data: DataDir, paths: _RunPaths, cfg: TrainConfig, model: CTFANetwork
         log.info("validation split: %s", val_split
                  or "none (no val or test split with masks): best.pt will not be written")
 
+    board = (open_writer(paths.root, spec, cfg, data, val_split, start_step=start)
+             if proc.is_main else None)  # TensorBoard: a copy of metrics.jsonl and chip grids
+    paths.board = board
     meter = _Meter(start, state["skipped"], proc.device)
     logged_skipped = state["skipped"]  # skipped steps already warned about
     with progress_bar("train", stop, enabled=proc.is_main, completed=start) as advance:
@@ -299,6 +303,8 @@ def _train(data: DataDir, paths: _RunPaths, cfg: TrainConfig, model: CTFANetwork
                 state["step"] = done
                 state["skipped"] = meter.skipped_so_far()  # for the checkpoint
                 _evaluate_and_save(model, data, cfg, optimizer, val_split, paths, state, proc)
+    if board is not None:
+        board.close()
     if proc.world_size > 1:
         dist.barrier()
     ran = max(state["step"] - start, 0)
@@ -384,6 +390,8 @@ def _evaluate_and_save(model: CTFANetwork, data: DataDir, cfg: TrainConfig, opti
             log.info("step %d · %s mIoU: CAM %.4f · aux-CAM %.4f · seg %.4f%s", state["step"],
                      val_split, metrics["cam"]["miou"], metrics["aux_cam"]["miou"],
                      seg_miou, " (best)" if improved else "")
+            if paths.board is not None:
+                paths.board.add_grid(model, state["step"], proc.device)
     if proc.is_main:
         extra = {"optimizer": optimizer.state_dict(), "step": state["step"],
                  "skipped": state["skipped"], "best_miou": state["best_miou"]}
@@ -408,6 +416,7 @@ class _RunPaths:
         self.last = self.checkpoints / LAST_PT
         self.best = self.checkpoints / BEST_PT
         self.best_tmp = self.checkpoints / f".tmp-{os.getpid()}-{BEST_PT}"
+        self.board = None  # a TensorBoardWriter that gets every record too (rank 0)
 
     @property
     def owned(self) -> list[Path]:
@@ -438,6 +447,8 @@ class _RunPaths:
     def append_metrics(self, record: dict[str, Any]) -> None:
         with self.metrics.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.board is not None:
+            self.board.add_record(record)
 
 
 def _record_step(line: str) -> float:
