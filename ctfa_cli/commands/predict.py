@@ -13,6 +13,8 @@ from ctfa_cli.options import (
     AmpOpt,
     BandsOpt,
     BatchSizeOpt,
+    CrfOpt,
+    CrfSetOpt,
     DeviceOpt,
     JsonOpt,
     ModelOpt,
@@ -20,6 +22,7 @@ from ctfa_cli.options import (
     TileOpt,
     TtaOpt,
     chosen_model,
+    crf_params,
     current_workspace,
 )
 
@@ -82,6 +85,8 @@ def predict(
     bands: BandsOpt = None,
     simplify: SimplifyOpt = 0.0,
     min_area: MinAreaOpt = 0.0,
+    crf: CrfOpt = False,
+    crf_set: CrfSetOpt = None,
     overwrite: OverwriteOpt = False,
     json_output: JsonOpt = False,
     stac: StacOpt = True,
@@ -106,7 +111,7 @@ def predict(
     options = PredictOptions(
         tile=tile, overlap=overlap, batch_size=batch_size or 8, bands=parse_band_indices(bands),
         probs=probs, vector=vector, simplify=simplify, min_area=min_area, overwrite=overwrite,
-        stac=stac)
+        stac=stac, crf=crf_params(crf, crf_set))
     scene_paths = collect_scenes(scenes, sys.stdin)
     checkpoint, run = chosen_model(model)
     if out is None:

@@ -51,6 +51,7 @@ from ctfa_cli.inference.writers import CLASS_NODATA, COGWriter, class_writer, pr
 from ctfa_cli.io import check_writable
 from ctfa_cli.precision import autocast, check_amp
 from ctfa_cli.progress import progress_bar
+from kernels.dense_crf import CRFParams, dense_crf
 
 log = logging.getLogger("ctfa.inference.predict")
 
@@ -213,6 +214,10 @@ class PredictOptions:
         progress: show a progress bar with pixels/s (:func:`ctfa_cli.progress.progress_bar`).
         background_io: read and write in background threads (None: on CUDA only).
         stac: also write ``<stem>.stac.json``, a STAC Item of the map (:mod:`ctfa_cli.stac`).
+        crf: post-process the blended probabilities with this dense CRF
+            (:func:`kernels.dense_crf.dense_crf`), block of finished rows by block, each cut
+            into pieces one tile wide (the official code runs it per chip), with the colours
+            of those rows; None: no CRF.
     """
 
     tile: int | None = None
@@ -227,6 +232,7 @@ class PredictOptions:
     progress: bool = True
     background_io: bool | None = None
     stac: bool = False
+    crf: CRFParams | None = None
 
     def grid(self, predictor: Predictor, height: int, width: int) -> WindowGrid:
         """The window grid of a ``height × width`` scene for ``predictor``.
@@ -350,6 +356,9 @@ def predict_scene(scene: Path, predictor: Predictor, out: Path, *,
                 for row, probabilities, valid in sweep(reader, predictor, grid,
                                                        batch_size=options.batch_size,
                                                        background_io=background):
+                    if options.crf is not None:
+                        probabilities = crf_rows(reader, spec, row, probabilities, valid,
+                                                 options.crf, grid.tile)
                     # max(0).indices: same first-index tie rule as argmax, far faster on CPU.
                     labels = probabilities.max(0).indices.to(torch.uint8).masked_fill_(
                         ~valid, CLASS_NODATA)
@@ -382,6 +391,38 @@ def predict_scene(scene: Path, predictor: Predictor, out: Path, *,
                                              predictor=predictor)
         result = dataclasses.replace(result, stac=written)
     return result
+
+
+def crf_rows(reader: SceneReader, spec: DatasetSpec, row: int, probs: Tensor, valid: Tensor,
+             params: CRFParams, piece: int) -> Tensor:
+    """The dense CRF over a block of finished rows, ``piece`` columns at a time.
+
+    Args:
+        reader: the open scene (the block's rows are read again for their colours).
+        spec: the model's spec (its normalisation is undone to get the colours back).
+        row: first row of the block.
+        probs: ``[C, n, W]`` blended probabilities.
+        valid: ``[n, W]`` valid pixels (nodata stays 0 in the result).
+        params: the CRF.
+        piece: width of the pieces the block is cut into (the tile size).
+
+    Returns:
+        ``[C, n, W]`` CRF marginals, on ``probs``' device.
+    """
+    band = reader.read_rows(row, probs.shape[1])
+    # The colours as trained on: undo the normalisation of the model's first three bands (a
+    # grey model's one band repeated), back to 0..255.
+    mean = torch.tensor(spec.mean, device=band.pixels.device)[:, None, None]
+    std = torch.tensor(spec.std, device=band.pixels.device)[:, None, None]
+    colours = ((band.pixels * std + mean) * 255).clamp(0, 255).round()
+    colours = colours[:3] if len(colours) >= 3 else colours[:1].expand(3, -1, -1)
+    colours = colours.to(probs.device)
+    out = torch.empty_like(probs)
+    for start in range(0, probs.shape[-1], piece):
+        cut = slice(start, start + piece)
+        out[:, :, cut] = dense_crf(probs[None, :, :, cut].contiguous(),
+                                   colours[None, :, :, cut].contiguous(), params)[0]
+    return out.masked_fill_(~valid, 0.0)
 
 
 @dataclass(frozen=True)

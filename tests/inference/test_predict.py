@@ -361,3 +361,41 @@ def test_bundle_predictor_under_bfloat16_autocast_stays_close_to_float32():
     assert not torch.equal(reduced, exact)  # the network did run in bfloat16
     with pytest.raises(CtfaUsageError, match="unknown amp 'fp16'; choose one of none, bf16"):
         BundlePredictor(bundle, "cpu", amp="fp16")
+
+
+def test_crf_runs_per_block_piece_with_the_scene_colours(tmp_path):
+    from kernels.dense_crf import OFFICIAL_CRF, dense_crf
+
+    data = smooth_image(40, 100, seed=7)
+    scene = write_raster(tmp_path / "scene.tif", data, crs="EPSG:32632",
+                         transform=from_origin(0, 0, 1, 1))
+    predictor = LinearPredictor()
+    options = PredictOptions(tile=32, overlap=0, batch_size=4, progress=False, probs=True)
+    plain = predict_scene(scene, predictor, tmp_path / "plain.tif", options=options)
+    crf = predict_scene(scene, predictor, tmp_path / "crf.tif",
+                        options=PredictOptions(**{**options.__dict__, "crf": OFFICIAL_CRF}))
+    with rasterio.open(plain.probs) as src:
+        assert src.count == SPEC.num_classes
+    # Expected: the CRF of the full-forward probabilities, cut where the sweep cuts (its
+    # blocks of finished rows: 0-8, then 8-40 after the flush last window row; pieces one
+    # tile wide), with the raster's own colours.
+    with SceneReader(scene, SPEC) as reader:
+        blocks = [(row, probs.shape[1]) for row, probs, _ in
+                  sweep(reader, predictor, WindowGrid(40, 100, 32, 0), batch_size=4)]
+    assert blocks == [(0, 8), (8, 32)]
+    probs = _full_forward(scene, predictor)
+    colours = torch.from_numpy(data.astype(np.float32))
+    expected = torch.empty_like(probs)
+    for r, n in blocks:
+        for c in range(0, 100, 32):
+            piece = (slice(None), slice(r, r + n), slice(c, c + 32))
+            expected[piece] = dense_crf(probs[piece][None], colours[piece][None],
+                                        OFFICIAL_CRF)[0]
+    with rasterio.open(crf.classes) as src:
+        labels = src.read(1)
+    with rasterio.open(plain.classes) as src:
+        assert (src.read(1) != labels).any()  # the CRF changed the map
+    top2 = expected.topk(2, dim=0).values
+    decided = (top2[0] - top2[1] > 1e-3).numpy()
+    assert decided.mean() > 0.9
+    assert np.array_equal(labels[decided], expected.argmax(0).numpy()[decided])
