@@ -147,3 +147,20 @@ def test_onnx_without_ctfa_keys_is_refused_naming_the_key(exported, tmp_path):
     (tmp_path / "junk.onnx").write_text("not a model")
     with pytest.raises(CtfaError, match=r"junk.onnx: not a readable ONNX model"):
         OnnxPredictor(tmp_path / "junk.onnx")
+
+
+def test_resolution_of_the_training_data_in_cm(tmp_path):
+    from ctfa_cli.datasets.registry import get_spec
+    from ctfa_cli.datasets.tiling import build_datadir
+    from ctfa_cli.inference.onnx_export import training_resolution_cm
+    from tests.datasets.tiny_scenes import write_scene
+
+    spec = get_spec("synthetic")
+    utm = write_scene(tmp_path / "raw", "a", height=64, width=64, seed=1, pixel_size=0.3)
+    build_datadir([utm.record], spec, tmp_path / "utm", tile=32)
+    assert training_resolution_cm(tmp_path / "utm") == pytest.approx(30.0)
+    plain = write_scene(tmp_path / "raw2", "b", height=64, width=64, seed=2, crs=None)
+    build_datadir([plain.record], spec, tmp_path / "plain", tile=32)
+    assert training_resolution_cm(tmp_path / "plain") is None  # pixels, not metres
+    assert training_resolution_cm(tmp_path / "missing") is None
+    assert training_resolution_cm(None) is None
