@@ -37,9 +37,15 @@ def _two_cams(b: int, c: int, s: int) -> tuple[torch.Tensor, torch.Tensor]:
     return final, aux
 
 
-@pytest.fixture
-def wired(monkeypatch):
-    """A tiny step whose multi-scale CAMs are :func:`_two_cams`, with spies on every consumer."""
+@pytest.fixture(scope="module")
+def wired():
+    """A tiny step whose multi-scale CAMs are :func:`_two_cams`, with spies on every consumer
+    (one step, shared by the tests of this module)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return _run_wired(monkeypatch)
+
+
+def _run_wired(monkeypatch):
     module = make_step(crf_weight=REG_WEIGHT)
     batch = make_batch(module)
     b, _, s, _ = batch["image"].shape
