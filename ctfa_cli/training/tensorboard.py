@@ -84,7 +84,7 @@ class TensorBoardWriter:
         cfg: the training config (CAM and refinement settings for the grid, crop size, amp).
         data: the DATA_DIR (its validation chips for the grid), or None for no grid.
         val_split: the validation split (None: no evaluation, no grid).
-        start_step: the first step of this run; on a resumed run, events of later steps
+        start_step: the step this run starts from; on a resumed run, events of later steps
             written before the interruption are purged (they are about to be redone).
     """
 
@@ -98,8 +98,10 @@ class TensorBoardWriter:
             shutil.rmtree(self.folder)
         self.spec, self.cfg, self.val_split = spec, cfg, val_split
         self.grid_data = _grid_subset(data, val_split) if data is not None else None
+        # Resuming at step s keeps the records of steps <= s (as metrics.jsonl does) and
+        # purges the later ones, which are about to be redone.
         self.writer = SummaryWriter(str(self.folder),
-                                    purge_step=start_step if start_step > 0 else None)
+                                    purge_step=start_step + 1 if start_step > 0 else None)
 
     def add_record(self, record: Mapping[str, Any]) -> None:
         """Write the numbers of one ``metrics.jsonl`` record at its step."""

@@ -97,3 +97,13 @@ def test_eval_scalars_by_hand():
     assert board.train_scalars({"kind": "train", "step": 3, "lr": 1e-4, "loss": 2.0,
                                 "skipped": 1}) == {
         "train/lr": 1e-4, "train/loss": 2.0, "train/skipped": 1.0}
+
+
+def test_resume_keeps_the_steps_of_the_checkpoint_and_redoes_the_rest(datadir, tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_config(log_every=1, eval_every=2)
+    train(datadir, run, cfg, max_iters=3, device="cpu")  # checkpoints at steps 2 and 3
+    train(datadir, run, None, resume=True, max_iters=4, device="cpu")  # from step 3
+    events = _events(run / "tensorboard")
+    assert [e.step for e in events.Scalars("train/lr")] == [1, 2, 3, 4]
+    assert [e.step for e in events.Images("val/chips")] == [2, 3, 4]
