@@ -111,8 +111,16 @@ def configure_logging(level: int) -> None:
     logger.propagate = False
 
 
+#: Exit status of an unexpected error (a bug), distinct from 1 (runtime/domain) and 2 (usage).
+INTERNAL_ERROR = 3
+
+
 def main() -> None:
-    """Console-script entry point: run the app, turn expected errors into one line + exit code."""
+    """Console-script entry point: run the app, turn expected errors into one line + exit code.
+
+    An unexpected exception is a bug: one line asking for a report, exit
+    :data:`INTERNAL_ERROR`, and the traceback only with ``-v``.
+    """
     try:
         app()
     except CtfaError as exc:
@@ -121,3 +129,13 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("Interrupted.", err=True)
         sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the last resort: every other error is a bug
+        if logging.getLogger("ctfa").isEnabledFor(logging.DEBUG):
+            import traceback
+
+            traceback.print_exc()
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        typer.echo(f"Error: internal error ({reason}); this is a bug in ctfa {__version__}: "
+                   "please report it with the command line and the traceback that `ctfa -v …` "
+                   "prints", err=True)
+        sys.exit(INTERNAL_ERROR)

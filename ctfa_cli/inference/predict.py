@@ -337,10 +337,21 @@ def predict_scene(scene: Path, predictor: Predictor, out: Path, *,
     started = time.perf_counter()
     with SceneReader(scene, spec, bands=options.bands) as reader:
         grid = options.grid(predictor, reader.height, reader.width)
+        crs = transform = None
+        georeference: dict[str, Any] = {}  # GCPs or RPCs, carried as the scene has them
         if reader.georeferenced:
             crs, transform = reader.crs, reader.transform
+        elif reader.gcps is not None or reader.rpcs is not None:
+            kind = "GCPs" if reader.gcps is not None else "RPCs"
+            if vector_path is not None:
+                raise CtfaError(f"{scene}: georeferenced by {kind}, not a geotransform, so "
+                                "polygons would be in pixel units; warp it first (gdalwarp "
+                                f"{'-tps' if kind == 'GCPs' else '-rpc'} {scene} warped.tif) and "
+                                "predict warped.tif, or drop --vector")
+            georeference = ({"gcps": reader.gcps} if reader.gcps is not None
+                            else {"rpcs": reader.rpcs})
+            log.info("%s is georeferenced by %s: %s carries them as they are", scene, kind, out)
         else:
-            crs = transform = None
             log.warning("%s is not georeferenced: %s is written in pixel coordinates without "
                         "a CRS", scene, out)
         geo = {"width": reader.width, "height": reader.height, "crs": crs,
@@ -348,8 +359,9 @@ def predict_scene(scene: Path, predictor: Predictor, out: Path, *,
         background = (torch.device(predictor.device).type == "cuda"
                       if options.background_io is None else options.background_io)
         counts = torch.zeros(256, dtype=torch.int64, device=predictor.device)
-        with class_writer(out, spec, **geo) as classes, \
-                _optional(probs_path and probs_writer(probs_path, spec, **geo)) as probs:
+        with class_writer(out, spec, **geo, **georeference) as classes, \
+                _optional(probs_path and probs_writer(probs_path, spec, **geo,
+                                                      **georeference)) as probs:
             with _Writer(lambda block: block.write(classes, probs), background) as writer, \
                     progress_bar(scene.name, grid.height * grid.width, enabled=options.progress,
                                  unit="px") as advance:

@@ -131,6 +131,36 @@ def _band_name(description: str | None, interp: ColorInterp) -> str | None:
     return _COLOR_NAMES.get(interp)
 
 
+def _readable_crs(src: rasterio.DatasetReader) -> rasterio.crs.CRS | None:
+    """The dataset's CRS, or None with a warning when PROJ cannot decode it.
+
+    GDAL reports such a CRS (a Mars Mercator, say) as an error on the *next* call, whatever it
+    is; the probe below takes that error, so that later calls work.
+    """
+    from rasterio._err import CPLE_BaseError
+
+    try:
+        crs = src.crs
+        src.colorinterp  # noqa: B018 - the probe that raises GDAL's pending CRS error
+        return crs
+    except CPLE_BaseError as exc:
+        log.warning("%s: its CRS cannot be read (%s): the outputs keep its geotransform but "
+                    "carry no CRS", src.name, " ".join(str(exc).split()))
+        return None
+
+
+def _palette_lut(src: rasterio.DatasetReader, spec: DatasetSpec) -> np.ndarray | None:
+    """``[256, 3]`` uint8 colours of a one-band palette image for an RGB model, else None."""
+    if src.count != 1 or src.colorinterp[0] != ColorInterp.palette or spec.bands != ["r", "g",
+                                                                                     "b"]:
+        return None
+    lut = np.zeros((256, 3), np.uint8)
+    for index, colour in src.colormap(1).items():
+        if 0 <= index < 256:
+            lut[index] = colour[:3]
+    return lut
+
+
 @dataclass(frozen=True)
 class RowBand:
     """Scene rows ``[row, row + height)`` over the full width, ready for the model.
@@ -169,7 +199,21 @@ class SceneReader:
             raise CtfaError(f"{path}: missing or unreadable raster "
                             f"({' '.join(str(exc).split())}); check the path") from exc
         try:
-            self.indexes = select_bands(self._src, spec, bands)
+            self._crs = _readable_crs(self._src)
+            # Complex bands first: any band choice a later refusal could hint at fails too.
+            complex_bands = [dtype for dtype in self._src.dtypes if dtype.startswith("complex")]
+            if complex_bands:
+                raise CtfaError(f"{path}: complex-valued band(s) ({complex_bands[0]}), not "
+                                "imagery a model reads; convert them to amplitude first, e.g. "
+                                f"gdal_calc.py -A {path} --calc='abs(A)' --type=Float32 "
+                                "--outfile amplitude.tif")
+            self._palette = _palette_lut(self._src, spec) if bands is None else None
+            if self._palette is not None:
+                self.indexes: tuple[int, ...] = (1,)
+                log.warning("%s: a palette image: read through its colour table as the RGB "
+                            "image it shows", path)
+            else:
+                self.indexes = select_bands(self._src, spec, bands)
             self._stretch = self._stretch_bounds()
         except BaseException:
             self._src.close()
@@ -204,8 +248,8 @@ class SceneReader:
 
     @property
     def crs(self) -> rasterio.crs.CRS | None:
-        """The scene CRS, None when not georeferenced."""
-        return self._src.crs
+        """The scene CRS; None when it has none or PROJ cannot read it (with a warning)."""
+        return self._crs
 
     @property
     def transform(self) -> rasterio.Affine:
@@ -214,8 +258,22 @@ class SceneReader:
 
     @property
     def georeferenced(self) -> bool:
-        """True when the scene has a CRS or a non-identity geotransform."""
-        return self._src.crs is not None or not self._src.transform.is_identity
+        """True when the scene has a geotransform (an affine transform that is not the
+        identity). GCPs and RPCs, another way of georeferencing, are :attr:`gcps` and
+        :attr:`rpcs`."""
+        return not self._src.transform.is_identity
+
+    @property
+    def gcps(self) -> tuple[list, rasterio.crs.CRS | None] | None:
+        """``(ground control points, their CRS)`` of a scene georeferenced by GCPs, else
+        None."""
+        points, crs = self._src.gcps
+        return (points, crs) if points else None
+
+    @property
+    def rpcs(self):
+        """The rational polynomial coefficients of a scene georeferenced by RPCs, else None."""
+        return self._src.rpcs or None
 
     @property
     def stretch(self) -> list[tuple[float, float]] | None:
@@ -233,8 +291,12 @@ class SceneReader:
             raw = self._src.read(self.indexes, window=window)
             masks = self._src.read_masks(self.indexes, window=window) if self._has_mask else None
         except RasterioIOError as exc:
+            # rasterio's own message points at "the previous exception": GDAL's, its cause
+            reason = " ".join(str(exc.__cause__ or exc).split())
             raise CtfaError(f"{self.path}: unreadable raster data at rows {row}–{row + height} "
-                            f"({' '.join(str(exc).split())})") from exc
+                            f"({reason}); the file is damaged: get a new copy") from exc
+        if self._palette is not None:
+            raw = self._palette[raw[0]].transpose(2, 0, 1)  # [3, h, w] colours of the indices
         if self._stretch is None:
             pixels = torch.from_numpy(raw).float()
         else:

@@ -171,8 +171,11 @@ class _PolygonSink:
              "class_name": pandas.Series([self.spec.classes[c] for c in classes], dtype=object),
              "area": area[keep].astype(np.float64)},
             geometry=geopandas.GeoSeries(geoms[keep], crs=self.crs))
-        pyogrio.write_dataframe(frame, self.path, layer=self.layer, driver=self.driver,
-                                geometry_type="Polygon", append=self._started)
+        with warnings.catch_warnings():
+            # Without a CRS pyogrio warns at every batch; predict has said it once already.
+            warnings.filterwarnings("ignore", message="'crs' was not provided")
+            pyogrio.write_dataframe(frame, self.path, layer=self.layer, driver=self.driver,
+                                    geometry_type="Polygon", append=self._started)
         self._started = True
         self.written += len(frame)
         self._classes, self._polygons = [], []

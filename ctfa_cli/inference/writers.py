@@ -56,14 +56,17 @@ class COGWriter:
         colormap: colour table of band 1 ``{value: (r, g, b, a)}``, or None.
         descriptions: one description per band, or None.
         tags: dataset metadata (GDAL default domain).
+        gcps: ``(ground control points, their CRS)`` for a scene georeferenced by GCPs (with
+            ``crs`` and ``transform`` None), carried as the input had them.
+        rpcs: rational polynomial coefficients, likewise.
     """
 
     def __init__(self, path: Path, *, width: int, height: int, count: int,
                  crs: CRS | None, transform: rasterio.Affine | None, nodata: int | None = None,
                  use_mask: bool = False, overview_resampling: str = "nearest",
                  colormap: dict[int, tuple[int, int, int, int]] | None = None,
-                 descriptions: list[str] | None = None, tags: dict[str, str] | None = None
-                 ) -> None:
+                 descriptions: list[str] | None = None, tags: dict[str, str] | None = None,
+                 gcps: tuple[list, CRS | None] | None = None, rpcs=None) -> None:
         self.path = Path(path)
         self.width, self.height, self.count = width, height, count
         self._use_mask = use_mask
@@ -97,6 +100,10 @@ class COGWriter:
                 self._dst.set_band_description(index, text)
             if tags:
                 self._dst.update_tags(**tags)
+            if gcps is not None:
+                self._dst.gcps = gcps
+            if rpcs is not None:
+                self._dst.rpcs = rpcs
         except BaseException:
             self._discard()
             raise
@@ -165,10 +172,11 @@ class COGWriter:
 
 
 def class_writer(path: Path, spec: DatasetSpec, *, width: int, height: int, crs: CRS | None,
-                 transform: rasterio.Affine | None) -> COGWriter:
+                 transform: rasterio.Affine | None, **georeference) -> COGWriter:
     """Writer of the class map: one uint8 band, nodata 255, the palette as colour table.
 
     Class names go in the metadata as ``CLASS_NAMES`` (a JSON list) and ``CLASS_<i>=name``.
+    ``georeference``: ``gcps``/``rpcs`` of :class:`COGWriter`.
     """
     colormap = {i: (*rgb, 255) for i, rgb in enumerate(spec.palette)}
     colormap[CLASS_NODATA] = (0, 0, 0, 0)
@@ -176,14 +184,16 @@ def class_writer(path: Path, spec: DatasetSpec, *, width: int, height: int, crs:
     tags |= {f"CLASS_{i}": name for i, name in enumerate(spec.classes)}
     return COGWriter(path, width=width, height=height, count=1, crs=crs, transform=transform,
                      nodata=CLASS_NODATA, overview_resampling="mode", colormap=colormap,
-                     descriptions=["class"], tags=tags)
+                     descriptions=["class"], tags=tags, **georeference)
 
 
 def probs_writer(path: Path, spec: DatasetSpec, *, width: int, height: int, crs: CRS | None,
-                 transform: rasterio.Affine | None) -> COGWriter:
+                 transform: rasterio.Affine | None, **georeference) -> COGWriter:
     """Writer of class probabilities: one uint8 band per class (``round(255 · p)``), band
-    descriptions = class names, nodata pixels in the internal mask (0..255 all stay values)."""
+    descriptions = class names, nodata pixels in the internal mask (0..255 all stay values);
+    ``georeference`` as :func:`class_writer`."""
     return COGWriter(path, width=width, height=height, count=spec.num_classes, crs=crs,
                      transform=transform, use_mask=True, overview_resampling="average",
                      descriptions=list(spec.classes),
-                     tags={"CLASS_NAMES": json.dumps(spec.classes), "SCALE": "1/255"})
+                     tags={"CLASS_NAMES": json.dumps(spec.classes), "SCALE": "1/255"},
+                     **georeference)
