@@ -272,6 +272,11 @@ def _train(data: DataDir, paths: _RunPaths, cfg: TrainConfig, model: CTFANetwork
                  cfg.max_iters, proc.world_size, cfg.batch_size, proc.device, len(train_set))
         log.info("validation split: %s", val_split
                  or "none (no val or test split with masks): best.pt will not be written")
+        if val_split == "test":
+            log.warning("%s has no val split: best.pt is chosen on the test split, as the "
+                        "official scripts do, so a test score of best.pt is optimistic (the "
+                        "eval records of metrics.jsonl say selected_on_test); prepare with "
+                        "--val-fraction 0.1 to hold scenes out for validation", data.root)
 
     board = (open_writer(paths.root, spec, cfg, data, val_split, start_step=start)
              if proc.is_main else None)  # TensorBoard: a copy of metrics.jsonl and chip grids
@@ -385,7 +390,8 @@ def _evaluate_and_save(model: CTFANetwork, data: DataDir, cfg: TrainConfig, opti
         if improved:
             state["best_miou"] = seg_miou
         if proc.is_main:
-            record = {"kind": "eval", "step": state["step"], "split": val_split, **metrics}
+            record = {"kind": "eval", "step": state["step"], "split": val_split,
+                      "selected_on_test": val_split == "test", **metrics}
             paths.append_metrics(record)
             log.info("step %d · %s mIoU: CAM %.4f · aux-CAM %.4f · seg %.4f%s", state["step"],
                      val_split, metrics["cam"]["miou"], metrics["aux_cam"]["miou"],

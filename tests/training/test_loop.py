@@ -64,6 +64,7 @@ def test_run_dir_contents(datadir, tmp_path):
     assert {"seg", "reg", "joint"} <= set(train_records[-1])  # step 3 is past the gate (1)
     (evaluation,) = [r for r in records if r["kind"] == "eval"]
     assert evaluation["split"] == "val" and evaluation["step"] == 3
+    assert evaluation["selected_on_test"] is False
     for target in ("cam", "aux_cam", "seg"):
         assert 0 <= evaluation[target]["miou"] <= 1
     assert "step 3" in (run / "train.log").read_text()
@@ -116,3 +117,25 @@ def test_refusals(datadir, tmp_path):
     with pytest.raises(CtfaUsageError, match="past the schedule"):
         train(datadir, tmp_path / "new", cfg, max_iters=cfg.max_iters + 1)
     assert (busy / "notes.txt").read_text() == "mine"
+
+
+def test_selecting_on_the_test_split_is_warned_and_flagged(datadir, tmp_path):
+    import shutil
+
+    import geopandas
+    import pyogrio
+
+    from ctfa_cli.datasets.datadir import CHIPS_GPKG
+
+    # The tiny DATA_DIR without its val split: what --val-fraction 0 / --paper-split give.
+    copy = tmp_path / "data"
+    shutil.copytree(datadir, copy)
+    chips = geopandas.read_file(copy / CHIPS_GPKG)
+    pyogrio.write_dataframe(chips[chips["split"] != "val"], copy / CHIPS_GPKG)
+    run = tmp_path / "run"
+    train(copy, run, tiny_config(max_iters=1, eval_every=1), device="cpu")
+    (evaluation,) = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                     if r["kind"] == "eval"]
+    assert evaluation["split"] == "test" and evaluation["selected_on_test"] is True
+    log = " ".join((run / "train.log").read_text().split())
+    assert "has no val split: best.pt is chosen on the test split" in log
