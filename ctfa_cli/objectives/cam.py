@@ -184,12 +184,15 @@ def scale_box(
     if min(fh, fw, th, tw) <= 0:
         raise ValueError(f"sizes must be positive, got from {from_size} to {to_size}")
     box = img_box.to(torch.int64)
-    num = torch.tensor([th, th, tw, tw], device=box.device)
-    den = torch.tensor([fh, fh, fw, fw], device=box.device)
-    floor = torch.div(box * num, den, rounding_mode="floor")
-    ceil = -torch.div(-box * num, den, rounding_mode="floor")
-    is_end = torch.tensor([False, True, False, True], device=box.device)
-    return torch.where(is_end, ceil, floor)
+    # Column by column with Python integers: no host-made tensor to copy to the device.
+    columns = []
+    for column, (num, den) in enumerate(((th, fh), (th, fh), (tw, fw), (tw, fw))):
+        scaled = box[:, column] * num
+        if column % 2:  # an end rounds up
+            columns.append(-torch.div(-scaled, den, rounding_mode="floor"))
+        else:
+            columns.append(torch.div(scaled, den, rounding_mode="floor"))
+    return torch.stack(columns, dim=1)
 
 
 def cam_to_label(

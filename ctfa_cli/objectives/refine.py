@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ctfa_cli.objectives.cam import box_mask
+from kernels.constants import device_constant
 
 __all__ = ["denormalize", "refine_pseudo_label"]
 
@@ -43,8 +44,9 @@ def denormalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tenso
     if len(mean) != channels or len(std) != channels:
         raise ValueError(f"mean/std have {len(mean)}/{len(std)} values for {channels} channels")
     shape = (1, channels, 1, 1)
-    scale = torch.tensor([s * 255 for s in std], dtype=x.dtype, device=x.device).view(shape)
-    shift = torch.tensor([m * 255 for m in mean], dtype=x.dtype, device=x.device).view(shape)
+    # Made once per device (a host-made tensor copied every step would wait for the GPU).
+    scale = device_constant([s * 255 for s in std], dtype=x.dtype, device=x.device).view(shape)
+    shift = device_constant([m * 255 for m in mean], dtype=x.dtype, device=x.device).view(shape)
     pixels = (x * scale + shift).clamp(0, 255).floor()
     return pixels.to(torch.float32) / 255.0
 

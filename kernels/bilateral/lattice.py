@@ -69,6 +69,7 @@ from torch import Tensor
 
 from ctfa_cli.errors import CtfaError
 from kernels.bilateral.reference import pixel_features
+from kernels.constants import device_constant
 
 FEATURE_DIM = 5  # d: x, y, R, G, B
 _EMPTY = -1  # marks a free slot of the hash table (packed keys are >= 0)
@@ -323,7 +324,7 @@ def _enclosing_simplices(features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     # computed in double and rounded once, like the reference.
     # (struct rounds to float32 in Python: a tensor's float() would be a dispatched host read.)
     inv_std_dev = struct.unpack("f", struct.pack("f", math.sqrt(2.0 / 3.0) * (d + 1)))[0]
-    scale = torch.tensor(
+    scale = device_constant(
         [1.0 / math.sqrt((i + 2) * (i + 1)) * inv_std_dev for i in range(d)],
         dtype=torch.float32,
         device=device,
@@ -339,7 +340,7 @@ def _enclosing_simplices(features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         torch.add(elevated[j + 1], scaled[j], out=elevated[j])
     elevated[1:] -= times_j
 
-    inv_d_plus_1 = torch.tensor(1.0 / (d + 1), dtype=torch.float32, device=device)
+    inv_d_plus_1 = device_constant(1.0 / (d + 1), dtype=torch.float32, device=device)
     nearest = torch.round(elevated * inv_d_plus_1)  # half to even, as the SSE build
     off_plane = nearest.sum(dim=0)  # integer-valued, exact in any order; |off_plane| <= d/2
     nearest_point = nearest.mul_(d + 1)
@@ -404,20 +405,22 @@ def _corner_keys(
     device = nearest_point.device
     stored = nearest_point[:d].long()
     low, high = torch.aminmax(stored, dim=1)
-    low, high = torch.stack([low - 2 * d, high + 2 * d]).tolist()  # one host read
-    strides, stride = [], 1
-    for lo, hi in zip(reversed(low), reversed(high), strict=True):
-        strides.append(stride)
-        stride *= hi - lo + 1
-    strides = strides[::-1]
+    low, high = low - 2 * d, high + 2 * d
+    # The host needs the packed range only for the overflow check (one read); the strides
+    # themselves are computed again on the device from the same integers, so that no
+    # host-made tensor is copied (a synchronous copy that would wait for the GPU).
+    spans = [hi - lo + 1 for lo, hi in zip(*torch.stack([low, high]).tolist(), strict=True)]
+    stride = math.prod(spans)
     num_images = num_points // pixels_per_image
     if stride * num_images >= 2**62:
         raise CtfaError(
             "bilateral lattice: the features span too wide a range to pack the lattice keys; "
             "use larger sigma_rgb / sigma_xy (in grey levels / pixels)"
         )
-    offset = sum(lo * st for lo, st in zip(low, strides, strict=True))
-    strides = torch.tensor(strides + [0], dtype=torch.int64, device=device)
+    # strides[i] = spans[i+1] · … · spans[d-1] (1 for the last), then 0 for the implied one.
+    suffix = (high - low + 1).flip(0).cumprod(0).flip(0)  # [d]: spans[i] · … · spans[d-1]
+    strides = torch.cat([suffix[1:], suffix.new_ones(1), suffix.new_zeros(1)])
+    offset = (low * strides[:d]).sum()
     keys = stored.new_empty(d + 1, num_points)
     base = keys[0]
     torch.sum(stored * strides[:d, None], dim=0, out=base).sub_(offset)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kernels.bilateral import bilateral_filter
+from kernels.constants import device_constant
 
 
 class _DenseEnergy(torch.autograd.Function):
@@ -110,8 +111,8 @@ def energy_loss(
     device = logit.device
     prob = torch.softmax(logit, dim=1)
     roi = _box_mask(img_box, batch, height, width, device, prob.dtype)
-    std_t = torch.tensor(std, dtype=img.dtype, device=device)[None, :, None, None]
-    mean_t = torch.tensor(mean, dtype=img.dtype, device=device)[None, :, None, None]
+    std_t = device_constant(list(std), dtype=img.dtype, device=device)[None, :, None, None]
+    mean_t = device_constant(list(mean), dtype=img.dtype, device=device)[None, :, None, None]
     img255 = img * std_t + mean_t  # two roundings, as the reference's x*std + mean
 
     def down(x: Tensor, **kwargs) -> Tensor:
@@ -146,7 +147,7 @@ def _box_mask(
     if img_box is None:
         return torch.ones(batch, height, width, dtype=dtype, device=device)
     box = img_box.to(device=device, dtype=torch.int64)
-    bounds = torch.tensor([height, height, width, width], device=device)
+    bounds = device_constant([height, height, width, width], dtype=torch.int64, device=device)
     box = torch.where(box < 0, box + bounds, box).clamp(min=torch.zeros_like(bounds), max=bounds)
     rows = torch.arange(height, device=device)
     cols = torch.arange(width, device=device)

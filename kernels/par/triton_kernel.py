@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from kernels.constants import device_constant
 from kernels.launch import launch_device
 from kernels.par.reference import (
     DEFAULT_DILATIONS,
@@ -128,9 +129,10 @@ def _propagate_kernel(
 
 
 def _offset_tables(dilations: Sequence[int], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Neighbour row and column offsets ``[8·len(dilations)]`` int32, made once per device."""
     offsets = neighbour_offsets(dilations)
-    dy = torch.tensor([o[0] for o in offsets], dtype=torch.int32, device=device)
-    dx = torch.tensor([o[1] for o in offsets], dtype=torch.int32, device=device)
+    dy = device_constant([o[0] for o in offsets], dtype=torch.int32, device=device)
+    dx = device_constant([o[1] for o in offsets], dtype=torch.int32, device=device)
     return dy, dx
 
 
@@ -148,7 +150,9 @@ def affinity_triton(images: Tensor, dilations: Sequence[int]) -> Tensor:
     batch, channels, height, width = images.shape
     dy, dx = _offset_tables(dilations, images.device)
     count = dy.numel()
-    position = position_softmax(dilations).to(images.device)
+    # Built on the CPU, copied to the device once (a copy per call would wait for the GPU).
+    position = device_constant(position_softmax(dilations).tolist(), dtype=torch.float32,
+                               device=images.device)
     aff = torch.empty(batch, count, height, width, dtype=torch.float32, device=images.device)
     constants = affinity_constants(channels, count, height * width)
     grid = (triton.cdiv(height * width, constants["BLOCK"]), batch)

@@ -25,12 +25,18 @@ from torch.utils.data import default_collate
 import ctfa_cli.training.step as step_module
 from ctfa_cli.datasets.datadir import DataDir
 from ctfa_cli.model.network import CTFANetwork
-from ctfa_cli.objectives.cam import _multinomial_without_replacement, box_mask, checked_boxes
+from ctfa_cli.objectives.cam import (
+    _multinomial_without_replacement,
+    box_mask,
+    checked_boxes,
+    scale_box,
+)
 from ctfa_cli.training.data import TrainChips, check_crop_box
 from ctfa_cli.training.loop import _Meter, train_step
 from ctfa_cli.training.optim import build_optimizer
 from ctfa_cli.training.step import CTFAStep
 from kernels.bilateral import lattice
+from kernels.constants import device_constant
 from tests.training.helpers import tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,9 +55,12 @@ class SyncCounter(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.reads: list[tuple[str, str]] = []
+        self.made: set[tuple[str, str]] = set()  # (file, function) making host-data tensors
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func._schema.name
+        if name == "aten::lift_fresh":  # torch.tensor(host data)
+            self.made.add(_caller(function=True))
         # x[bool_mask] is aten::index with a bool index: a nonzero inside.
         boolean_index = name == "aten::index" and any(
             isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1])
@@ -76,13 +85,25 @@ class SyncCounter(TorchDispatchMode):
         return super().__exit__(*exc)
 
 
-def _caller() -> str:
-    """The innermost project frame (``path:line``) of the current stack."""
+def _caller(*, function: bool = False):
+    """The innermost project frame of the current stack: ``path:line``, or with ``function``
+    ``(path, function name)``."""
     for frame in reversed(traceback.extract_stack()):
         path = Path(frame.filename)
         if path.is_relative_to(REPO) and path.name != Path(__file__).name:
-            return f"{path.relative_to(REPO)}:{frame.lineno}"
-    return "?"
+            where = str(path.relative_to(REPO))
+            return (where, frame.name) if function else f"{where}:{frame.lineno}"
+    return ("?", "?") if function else "?"
+
+
+# Where the step may make tensors from host data. On a GPU, torch.tensor(values, device=cuda)
+# is a synchronous copy (PyTorch synchronises the stream after a non-pinned copy), which the
+# reads above cannot show on CPU; these three make none per step there:
+ALLOWED_HOST_TENSORS = {
+    ("kernels/constants.py", "device_constant"),  # cached per device off CPU
+    ("kernels/bilateral/lattice.py", "filter_on_lattice"),  # a 0-d CPU scalar multiplier
+    ("kernels/par/reference.py", "position_softmax"),  # CPU PAR; CUDA copies it once
+}
 
 
 class Run:
@@ -127,6 +148,7 @@ def test_a_step_past_the_gate_reads_nothing_on_the_host_with_the_exact_filter(wa
     with SyncCounter() as counter:
         run.step(GATE + 1)
     assert counter.reads == []
+    assert counter.made <= ALLOWED_HOST_TENSORS, counter.made - ALLOWED_HOST_TENSORS
     assert set(run.forward(run.batch, GATE + 1).terms) >= {"seg", "reg", "joint"}  # past it
 
 
@@ -140,6 +162,7 @@ def test_the_lattice_filter_reads_two_sizes_per_call_as_on_a_gpu(warm, monkeypat
     with SyncCounter() as counter:
         run.step(GATE + 1)
     assert sorted(op for op, _ in counter.reads) == ["Tensor.tolist", "aten::_unique2"]
+    assert counter.made <= ALLOWED_HOST_TENSORS, counter.made - ALLOWED_HOST_TENSORS
     assert {where.split(":")[0] for _, where in counter.reads} == \
         {"kernels/bilateral/lattice.py"}
 
@@ -299,3 +322,26 @@ def test_crop_boxes_are_checked_when_made_and_trusted_in_the_step():
         box_mask(negative, 6, 6)  # trusted: no host read, no check
     with pytest.raises(ValueError, match="negative"):
         box_mask(negative, 6, 6)  # the trust ends with the block
+
+
+def test_device_constants_are_made_once_per_device():
+    # The meta device stands in for a GPU: no data, but a real device other than the CPU.
+    first = device_constant([0.5, 2.0], dtype=torch.float32, device="meta")
+    assert first is device_constant((0.5, 2.0), dtype=torch.float32, device="meta")
+    assert (first.shape, first.dtype, first.device.type) == ((2,), torch.float32, "meta")
+    assert device_constant([0.5, 2.0], dtype=torch.float64, device="meta") is not first
+    scalar = device_constant(0.25, dtype=torch.float32, device="meta")
+    assert scalar.shape == () and scalar is device_constant(0.25, dtype=torch.float32,
+                                                            device="meta")
+    # On CPU a fresh tensor each time (callers there may write into it), with the values.
+    cpu = device_constant([[1, 2], [3, 4]], dtype=torch.int32, device="cpu")
+    assert torch.equal(cpu, torch.tensor([[1, 2], [3, 4]], dtype=torch.int32))
+    assert cpu is not device_constant([[1, 2], [3, 4]], dtype=torch.int32, device="cpu")
+
+
+def test_scale_box_rounds_starts_down_and_ends_up():
+    # 320-px crop → 20×20 features: start 17 → 17·20/320 = 1.0625 → 1, end 300 → 18.75 → 19;
+    # 100-px wide map to 7: 33·7/100 = 2.31 → 2, 99·7/100 = 6.93 → 7.
+    box = torch.tensor([[17, 300, 33, 99], [0, 320, 0, 100]], dtype=torch.int16)
+    assert torch.equal(scale_box(box, (320, 100), (20, 7)),
+                       torch.tensor([[1, 19, 2, 7], [0, 20, 0, 7]]))
