@@ -283,7 +283,7 @@ def run_demo(out: Path, *, quick: bool = False, device: str = "auto", overwrite:
     with _timed(seconds, "predict"):
         scene, scene_label = data.scene_paths("test")[0]
         log.info("[5/6] predict the held-out scene %s → %s", scene.name, out / PREDICT)
-        options = PredictOptions(probs=True, vector="gpkg", progress=progress)
+        options = PredictOptions(probs=True, vector="gpkg", stac=True, progress=progress)
         (predicted,) = predict_scenes([scene], BundlePredictor(bundle, resolved), out / PREDICT,
                                       options=options)
     with _timed(seconds, "previews"):
@@ -382,6 +382,7 @@ def _describe(out: Path, data, checkpoint: Path, predicted, mosaic: Path,
                  "(Cloud-Optimized GeoTIFF)", qgis),
         DemoFile(predicted.probs, "class probabilities, one band per class, 0–255", qgis),
         DemoFile(predicted.vector, f"{predicted.polygons} class polygons (GeoPackage)", qgis),
+        DemoFile(predicted.stac, "STAC Item of the map: footprint, assets, classes, model", jq),
         DemoFile(mosaic, "test chips: image, CAMs, pseudo label, segmentation, ground truth",
                  viewer),
         DemoFile(scene_png, "the held-out scene, its ground truth and the prediction", viewer),
