@@ -64,7 +64,7 @@ from ctfa_cli.training.data import (
 )
 from ctfa_cli.training.optim import build_optimizer
 from ctfa_cli.training.step import CTFAStep
-from ctfa_cli.training.tensorboard import open_writer
+from ctfa_cli.training.tensorboard import TENSORBOARD_DIR, open_writer
 from ctfa_cli.workspace import RUN_JSON, write_run_record
 
 log = logging.getLogger("ctfa.training.loop")
@@ -426,7 +426,8 @@ class _RunPaths:
 
     @property
     def owned(self) -> list[Path]:
-        return [self.config, self.log, self.metrics, self.checkpoints, self.root / RUN_JSON]
+        return [self.config, self.log, self.metrics, self.checkpoints, self.root / RUN_JSON,
+                self.root / TENSORBOARD_DIR]
 
     def prepare(self, *, overwrite: bool, resume_step: int | None) -> None:
         """Create the RUN_DIR; ``overwrite`` removes an earlier run's outputs (only those);
