@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -23,6 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 # Every @triton.jit kernel of kernels/ (grep -rn "triton.jit" kernels/): a new kernel must be
 # added to kernels.targets.launches() and here.
 KERNELS = {"_affinity_kernel", "_propagate_kernel", "_exact_bilateral_kernel"}
+# @triton.jit functions called from those kernels, compiled inside them.
+HELPERS = {"_neighbour_tile"}
 # The largest register file a thread can have on sm_80/sm_90.
 MAX_REGISTERS = 255
 
@@ -56,6 +59,17 @@ def test_every_kernel_compiles_for_sm80_and_sm90_without_spills(tmp_path):
                for r in records if r["spills"]]
     assert not spilled, "\n".join(spilled)
     assert all(0 < r["registers"] <= MAX_REGISTERS for r in records), records
+
+
+def test_every_triton_kernel_of_the_project_is_compiled():
+    # A kernel added anywhere in the project (kernels/ or ctfa_cli/) without an entry in
+    # kernels.targets.launches() and KERNELS would escape the compile test.
+    jitted = set()
+    for folder in ("kernels", "ctfa_cli"):
+        for path in (REPO / folder).rglob("*.py"):
+            jitted |= set(re.findall(r"^@triton\.jit[^\n]*\ndef (\w+)", path.read_text(),
+                                     flags=re.MULTILINE))
+    assert jitted == KERNELS | HELPERS
 
 
 @needs_tools
