@@ -154,9 +154,10 @@ def test_a_step_past_the_gate_reads_nothing_on_the_host_with_the_exact_filter(wa
 
 def test_the_lattice_filter_reads_two_sizes_per_call_as_on_a_gpu(warm, monkeypatch):
     # Budget 2, both in the permutohedral lattice, whose size depends on the data: one
-    # .tolist() of the features' range (the strides that pack the lattice keys) and the number
-    # of distinct keys (torch.unique). This is the vertex numbering a GPU runs (sorting); on
-    # a GPU the batch is one lattice, as here (the 32×32 energy maps of 2 images).
+    # .tolist() of the features' range (whether the packed keys fit in 63 bits, an error
+    # otherwise) and the number of distinct keys (torch.unique's output size). This is the
+    # vertex numbering a GPU runs (sorting); on a GPU the batch is one lattice, as here (the
+    # 32×32 energy maps of 2 images).
     monkeypatch.setattr(lattice, "_number_vertices", lattice._sorted_vertices)
     run = warm["lattice"]
     with SyncCounter() as counter:
