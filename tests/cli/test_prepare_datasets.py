@@ -100,7 +100,7 @@ def test_potsdam_irrg_with_dsm(run_cli, tmp_path):
     check_chips(data, layout, 32, masks=layout.masks, image_bands=irrg_ndsm, every=5)
     # Footprints are the chip windows in the scene CRS.
     row = data.chips[data.chips["chip_id"] == "potsdam_6_7_r8_c0"].iloc[0]
-    x0, y0 = layout.transforms["potsdam_6_7"] * (0, 8)
+    x0, y0 = layout.transforms["potsdam_6_7"] @ (0, 8)
     expected = box(x0, y0 - 32 * 0.05, x0 + 32 * 0.05, y0)
     assert row.geometry.normalize().equals_exact(expected.normalize(), 1e-6)
 
@@ -213,8 +213,8 @@ def test_layout_and_usage_errors(run_cli, tmp_path):
 
 def scene_box(layout, scene_id, col0, row0, col1, row1):
     """A box given in pixel coordinates of a scene, in the scene CRS."""
-    x0, y0 = layout.transforms[scene_id] * (col0, row0)
-    x1, y1 = layout.transforms[scene_id] * (col1, row1)
+    x0, y0 = layout.transforms[scene_id] @ (col0, row0)
+    x1, y1 = layout.transforms[scene_id] @ (col1, row1)
     return box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
 
 
@@ -223,7 +223,7 @@ def test_folder_with_vector_tags_in_another_crs(run_cli, tmp_path):
     features = gpd.GeoDataFrame({"cls": ["building", "tree", "water", "building"]}, geometry=[
         scene_box(layout, "scene_0", 4, 4, 20, 28),    # chip r0_c0: 37.5 % building
         scene_box(layout, "scene_0", 40, 40, 42, 42),  # chip r32_c32: 0.4 % tree
-        Point(layout.transforms["scene_1"] * (40, 10)),  # chip r0_c32 of scene_1: water
+        Point(layout.transforms["scene_1"] @ (40, 10)),  # chip r0_c32 of scene_1: water
         scene_box(layout, "scene_1", 30, 34, 34, 60),  # 2 px into r32_c0, 2 px into r32_c32
     ], crs=FOLDER_CRS).to_crs("EPSG:4326")
     features.to_file(tmp_path / "features.gpkg")
