@@ -113,21 +113,21 @@ class ConfusionMatrix:
         # The official F1: NaN (left out of the mean) wherever 0/0 occurs; rows without the
         # undecided predictions, as the reference's histogram has no place for them.
         rows = m.sum(1)
-        official = 2 * tp / (rows + predicted)  # = 2PR / (P + R); NaN when TP = 0
-        official = torch.where((tp > 0) & (rows > 0), official, nan)
+        official = torch.where(tp > 0, 2 * tp / (rows + predicted), nan)  # = 2PR / (P + R)
         union = actual + predicted - tp
         iou = torch.where(union > 0, tp / union.clamp(min=1), nan)
         present = actual > 0
-        oa = float(tp.sum() / total) if total > 0 else float("nan")
-        expected = float((actual * predicted).sum() / total**2) if total > 0 else float("nan")
-        kappa = (oa - expected) / (1 - expected) if total > 0 and expected < 1 else float("nan")
+        # float64 tensor arithmetic: an empty matrix (0/0), a mean over no class and kappa with
+        # chance agreement 1 (0/0) all give NaN without a branch of their own.
+        oa = tp.sum() / total
+        expected = (actual * predicted).sum() / total**2
+        kappa = (oa - expected) / (1 - expected)
         return {
-            "miou": float(iou[present].mean()) if present.any() else float("nan"),
-            "mf1": float(f1[present].mean()) if present.any() else float("nan"),
-            "mf1_official": (float(official[rows > 0].nanmean()) if (rows > 0).any()
-                             else float("nan")),
-            "oa": oa,
-            "kappa": kappa,
+            "miou": float(iou[present].mean()),
+            "mf1": float(f1[present].mean()),
+            "mf1_official": float(official.nanmean()),
+            "oa": float(oa),
+            "kappa": float(kappa),
             "iou": iou.tolist(),
             "f1": f1.tolist(),
             "precision": precision.tolist(),

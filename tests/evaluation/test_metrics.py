@@ -99,10 +99,81 @@ def test_undecided_predictions_are_misses():
 
 def test_rejects_out_of_range_and_shape_mismatch():
     cm = ConfusionMatrix(3)
-    with pytest.raises(ValueError):
-        cm.update(torch.tensor([0, 5]), torch.tensor([0, 1]))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"prediction holds values outside \[0, 3\)"):
+        cm.update(torch.tensor([0, 3]), torch.tensor([0, 1]))  # C itself is out of range
+    with pytest.raises(ValueError, match=r"target holds values outside \[0, 3\) other than 255"):
+        cm.update(torch.tensor([0, 1]), torch.tensor([0, 3]))  # too large, none negative
+    with pytest.raises(ValueError, match=r"target holds values outside"):
+        cm.update(torch.tensor([0, 1]), torch.tensor([-1, 1]))  # negative, none too large
+    with pytest.raises(ValueError, match=r"pred \(3,\) and target \(2,\) differ"):
         cm.update(torch.tensor([0, 1, 2]), torch.tensor([0, 1]))
+    assert int(cm.matrix.sum()) == 0  # a refused batch adds nothing
+
+
+def test_uint8_label_rasters_with_many_classes():
+    # Label rasters are uint8; with 20 classes the packed index t·C + p reaches 399, which
+    # wraps in uint8 unless the inputs are widened first.
+    pred = torch.tensor([19, 18, 0], dtype=torch.uint8)
+    target = torch.tensor([19, 19, 0], dtype=torch.uint8)
+    cm = ConfusionMatrix(20)
+    cm.update(pred, target)
+    expected = torch.zeros(20, 20, dtype=torch.int64)
+    expected[19, 19] = expected[19, 18] = expected[0, 0] = 1
+    assert torch.equal(cm.matrix, expected)
+
+
+def test_counts_beyond_float32_precision_stay_exact():
+    # A whole Potsdam test split is ~5·10⁸ pixels: past 2²⁴, where float32 counts lose units.
+    big = 2**24 + 1
+    cm, other = ConfusionMatrix(2), ConfusionMatrix(2)
+    other.matrix[0, 0] = big
+    other.undecided[1] = big
+    cm.update(torch.tensor([255]), torch.tensor([1]))
+    cm.merge(other)
+    got = cm.compute()
+    assert got["pixels"] == 2 * big + 1
+    assert got["ignored_predictions"] == big + 1
+    assert cm.matrix.dtype == cm.undecided.dtype == torch.int64
+
+
+def test_empty_matrix_gives_nan_everywhere():
+    got = ConfusionMatrix(3).compute()
+    for key in ("miou", "mf1", "mf1_official", "oa", "kappa"):
+        assert math.isnan(got[key]), key
+    assert got["pixels"] == 0 and got["present"] == [False] * 3
+
+
+def test_one_pixel_split_by_hand():
+    # One pixel of class 1, predicted 1: every ratio has a denominator of exactly 1.
+    cm = ConfusionMatrix(3)
+    cm.update(torch.tensor([1]), torch.tensor([1]))
+    got = cm.compute()
+    assert got["iou"][1] == got["f1"][1] == got["precision"][1] == got["recall"][1] == 1.0
+    assert got["miou"] == got["mf1"] == got["mf1_official"] == got["oa"] == 1.0
+    assert math.isnan(got["kappa"])  # chance agreement is 1: kappa is 0/0
+    # Classes 0 and 2: absent and never predicted, so every per-class figure is undefined.
+    for key in ("iou", "f1", "precision", "recall"):
+        assert math.isnan(got[key][0]) and math.isnan(got[key][2]), key
+
+
+def test_per_class_figures_of_absent_and_unpredicted_classes():
+    # truth:      0 0 1
+    # prediction: 0 2 0
+    # class 0: TP 1, 2 true, 2 predicted → P = R = F1 = 1/2, IoU = 1/3
+    # class 1: one true pixel, never predicted → P NaN, R 0, F1 0 (counted), IoU 0
+    # class 2: absent, predicted once → P 0, R NaN, F1 NaN (not a class of the split), IoU 0
+    cm = ConfusionMatrix(3)
+    cm.update(torch.tensor([0, 2, 0]), torch.tensor([0, 0, 1]))
+    got = cm.compute()
+    assert got["precision"][0] == got["recall"][0] == got["f1"][0] == pytest.approx(1 / 2)
+    assert math.isnan(got["precision"][1]) and got["recall"][1] == 0 and got["f1"][1] == 0
+    assert got["precision"][2] == 0 and math.isnan(got["recall"][2])
+    assert math.isnan(got["f1"][2])
+    assert got["iou"] == pytest.approx([1 / 3, 0, 0])
+    assert got["mf1"] == pytest.approx(1 / 4) and got["miou"] == pytest.approx(1 / 6)
+    assert got["oa"] == pytest.approx(1 / 3)
+    # kappa by hand: rows (2, 1, 0), columns (2, 0, 1), p_e = 4/9, (1/3 − 4/9) / (5/9) = −1/5
+    assert got["kappa"] == pytest.approx(-1 / 5)
 
 
 def test_merge_equals_single_accumulation():
@@ -115,3 +186,12 @@ def test_merge_equals_single_accumulation():
     b.update(p[120:], t[120:])
     a.merge(b)
     assert torch.equal(a.matrix, whole.matrix)
+
+
+def test_merge_adds_undecided_counts():
+    a, b = ConfusionMatrix(2), ConfusionMatrix(2)
+    a.update(torch.tensor([255, 1]), torch.tensor([0, 1]))
+    b.update(torch.tensor([255, 255, 0]), torch.tensor([0, 1, 0]))
+    a.merge(b)
+    assert a.undecided.tolist() == [2, 1]
+    assert a.compute()["ignored_predictions"] == 3
