@@ -11,22 +11,12 @@ import rasterio
 import torch
 from rasterio.transform import from_origin
 
-from ctfa_cli.config import TrainConfig
-from ctfa_cli.model.bundle import save_bundle
-from ctfa_cli.model.network import CTFANetwork
-from tests.inference.helpers import SPEC, smooth_image, write_raster
+from tests.inference.helpers import save_tiny_bundle, smooth_image, write_raster
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    torch.manual_seed(1)
-    model = CTFANetwork(SPEC.num_cam_classes, SPEC.num_classes, backbone="vit_tiny_patch16_224",
-                        pretrained=False, proj_hidden_dim=32, proj_bottleneck_dim=16,
-                        proj_out_dim=32)
-    path = tmp_path_factory.mktemp("bundle") / "best.pt"
-    save_bundle(path, model, SPEC, TrainConfig(backbone="vit_tiny_patch16_224",
-                                               pretrained=False))
-    return path
+    return save_tiny_bundle(tmp_path_factory.mktemp("bundle") / "best.pt", seed=1)
 
 
 def test_export_then_predict_with_onnx_equals_the_checkpoint(run_cli, bundle, tmp_path):

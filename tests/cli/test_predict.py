@@ -10,13 +10,9 @@ import numpy as np
 import pyogrio
 import pytest
 import rasterio
-import torch
 from rasterio.transform import from_origin
 
-from ctfa_cli.config import TrainConfig
-from ctfa_cli.model.bundle import save_bundle
-from ctfa_cli.model.network import CTFANetwork
-from tests.inference.helpers import SPEC, smooth_image, write_raster
+from tests.inference.helpers import SPEC, save_tiny_bundle, smooth_image, write_raster
 
 GEO = {"crs": "EPSG:32632", "transform": from_origin(500000, 5600000, 0.5, 0.5)}
 
@@ -24,14 +20,7 @@ GEO = {"crs": "EPSG:32632", "transform": from_origin(500000, 5600000, 0.5, 0.5)}
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     """A vit_tiny CTFA network with random weights, saved as a model bundle."""
-    torch.manual_seed(0)
-    model = CTFANetwork(SPEC.num_cam_classes, SPEC.num_classes, backbone="vit_tiny_patch16_224",
-                        pretrained=False, proj_hidden_dim=32, proj_bottleneck_dim=16,
-                        proj_out_dim=32)
-    path = tmp_path_factory.mktemp("bundle") / "best.pt"
-    save_bundle(path, model, SPEC, TrainConfig(backbone="vit_tiny_patch16_224",
-                                               pretrained=False))
-    return path
+    return save_tiny_bundle(tmp_path_factory.mktemp("bundle") / "best.pt", seed=0)
 
 
 @pytest.fixture

@@ -56,6 +56,26 @@ class ContextPredictor(LinearPredictor):
         return torch.einsum("ck,bkhw->bchw", self.weight, batch + context).softmax(1)
 
 
+def tiny_network(seed: int = 0):
+    """A ``vit_tiny`` CTFA network for :data:`SPEC` with seeded random weights (small heads)."""
+    from ctfa_cli.model.network import CTFANetwork
+
+    torch.manual_seed(seed)
+    return CTFANetwork(SPEC.num_cam_classes, SPEC.num_classes, backbone="vit_tiny_patch16_224",
+                       pretrained=False, proj_hidden_dim=32, proj_bottleneck_dim=16,
+                       proj_out_dim=32)
+
+
+def save_tiny_bundle(path: Path, seed: int = 0) -> Path:
+    """Save :func:`tiny_network` ``(seed)`` as a model bundle at ``path``; returns ``path``."""
+    from ctfa_cli.config import TrainConfig
+    from ctfa_cli.model.bundle import save_bundle
+
+    save_bundle(path, tiny_network(seed), SPEC,
+                TrainConfig(backbone="vit_tiny_patch16_224", pretrained=False))
+    return path
+
+
 def smooth_image(height: int, width: int, bands: int = 3, seed: int = 0) -> np.ndarray:
     """``[bands, height, width]`` uint8 with large smooth regions (few polygons per class)."""
     rng = np.random.default_rng(seed)

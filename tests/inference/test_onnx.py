@@ -18,15 +18,13 @@ import torch
 from rasterio.transform import from_origin
 
 from ctfa_cli import __version__
-from ctfa_cli.config import TrainConfig
 from ctfa_cli.errors import CtfaError
 from ctfa_cli.inference.onnx_export import export_onnx
 from ctfa_cli.inference.onnx_predict import OnnxPredictor, model_predictor
 from ctfa_cli.inference.predict import BundlePredictor, PredictOptions, predict_scene, sweep
 from ctfa_cli.inference.reader import SceneReader
-from ctfa_cli.model.bundle import load_bundle, save_bundle
-from ctfa_cli.model.network import CTFANetwork
-from tests.inference.helpers import SPEC, smooth_image, write_raster
+from ctfa_cli.model.bundle import load_bundle
+from tests.inference.helpers import SPEC, save_tiny_bundle, smooth_image, write_raster
 
 TOLERANCE = 1e-4
 
@@ -34,14 +32,7 @@ TOLERANCE = 1e-4
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     """A vit_tiny CTFA network with random weights (decoder too), saved as a model bundle."""
-    torch.manual_seed(0)
-    model = CTFANetwork(SPEC.num_cam_classes, SPEC.num_classes, backbone="vit_tiny_patch16_224",
-                        pretrained=False, proj_hidden_dim=32, proj_bottleneck_dim=16,
-                        proj_out_dim=32)
-    path = tmp_path_factory.mktemp("bundle") / "best.pt"
-    save_bundle(path, model, SPEC, TrainConfig(backbone="vit_tiny_patch16_224",
-                                               pretrained=False))
-    return path
+    return save_tiny_bundle(tmp_path_factory.mktemp("bundle") / "best.pt", seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,7 @@ from tests.inference.helpers import (
     ContextPredictor,
     LinearPredictor,
     smooth_image,
+    tiny_network,
     write_raster,
 )
 
@@ -223,10 +224,8 @@ def test_bundle_predictor_softmax_and_tta():
     from types import SimpleNamespace
 
     from ctfa_cli.inference.predict import BundlePredictor
-    from ctfa_cli.model.network import CTFANetwork
 
-    model = CTFANetwork(SPEC.num_cam_classes, SPEC.num_classes, backbone="vit_tiny_patch16_224",
-                        proj_hidden_dim=32, proj_bottleneck_dim=16, proj_out_dim=32)
+    model = tiny_network()
     bundle = SimpleNamespace(model=model, spec=SPEC)
     tiles = torch.randn(2, 3, 32, 48)
     plain = BundlePredictor(bundle, "cpu")(tiles)
@@ -343,11 +342,8 @@ def test_bundle_predictor_under_bfloat16_autocast_stays_close_to_float32():
 
     from ctfa_cli.errors import CtfaUsageError
     from ctfa_cli.inference.predict import BundlePredictor
-    from ctfa_cli.model.network import CTFANetwork
 
-    torch.manual_seed(0)
-    model = CTFANetwork(SPEC.num_cam_classes, SPEC.num_classes, backbone="vit_tiny_patch16_224",
-                        proj_hidden_dim=32, proj_bottleneck_dim=16, proj_out_dim=32)
+    model = tiny_network(seed=0)
     bundle = SimpleNamespace(model=model, spec=SPEC)
     tiles = torch.randn(2, 3, 32, 48)
     exact = BundlePredictor(bundle, "cpu")(tiles)
