@@ -2,11 +2,25 @@
 
 import logging
 import os
+import shutil
 
 import pytest
 
 # Two cores on CI: keep torch from oversubscribing them.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_temporary_folders_under_mutmut(tmp_path_factory):
+    """Under mutmut, remove this session's temporary folders when it ends.
+
+    mutmut runs one pytest session per mutant in a forked child that exits without releasing
+    pytest's lock on its numbered temporary folder, so pytest never prunes them: a whole run
+    (~3,900 sessions of ~40 MB of bundles and DATA_DIRs) would fill ~150 GB of /tmp.
+    """
+    yield
+    if os.environ.get("MUTANT_UNDER_TEST"):
+        shutil.rmtree(tmp_path_factory.getbasetemp(), ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
