@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from ctfa_cli.datasets.datadir import DataDir
 from ctfa_cli.errors import CtfaError, CtfaUsageError
 from ctfa_cli.evaluation.evaluate import (
+    EvaluationReport,
     _same_size_batches,
     check_model_fits,
     default_eval_dir,
@@ -24,6 +26,7 @@ from ctfa_cli.evaluation.evaluate import (
 from ctfa_cli.model.bundle import load_bundle
 from ctfa_cli.training.data import normalize
 from tests.evaluation.helpers import tiny_bundle, tiny_datadir
+from tests.inference.helpers import SPEC
 
 ALL = ("seg", "cam", "aux_cam", "pseudo")
 
@@ -189,6 +192,38 @@ def test_evaluate_checkpoint_writes_its_folder(tmp_path, bundle_path, datadir):
     assert saved["classes"][1] == "building" and saved["metrics"]["iou"][1] is None  # NaN→null
     with pytest.raises(CtfaError, match="not empty; pass --overwrite"):
         evaluate_checkpoint(model, datadir, target="cam", progress=False)
+
+
+@pytest.mark.parametrize(("model", "options", "expected"), [
+    ("runs/a/checkpoints/best.pt", ("test", "seg", False), "runs/a/eval_test_seg"),
+    ("runs/a/checkpoints/best.pt", ("val", "cam", False), "runs/a/eval_val_cam"),
+    ("runs/a/checkpoints/best.pt", ("test", "seg", True), "runs/a/eval_test_seg_tta"),
+    ("runs/a/checkpoints/best.pt", ("test", "seg", False, "official"),
+     "runs/a/eval_test_seg_official"),
+    ("runs/a/checkpoints/best.pt", ("test", "seg", False, "ctfa", True),
+     "runs/a/eval_test_seg_crf"),
+    ("runs/a/checkpoints/best.pt", ("test", "seg", True, "official", True),
+     "runs/a/eval_test_seg_tta_official_crf"),
+    ("models/potsdam.pt", ("test", "seg", False), "models/eval_test_seg"),  # no checkpoints/
+])
+def test_default_eval_dir_names(model, options, expected):
+    assert default_eval_dir(Path(model), *options) == Path(expected)
+
+
+def test_report_json_has_every_field_and_nan_as_null():
+    metrics = {"miou": 0.5, "iou": [0.5, float("nan")]}
+    crf = {"miou": 0.75, "iou": [float("nan"), 1.0]}
+    report = EvaluationReport(model=Path("r/checkpoints/best.pt"), data=Path("d"), split="val",
+                              target="seg", tta=True, amp="bf16", spec=SPEC, metrics=metrics,
+                              out=Path("r/eval"), files=[Path("r/eval/metrics.json")],
+                              protocol="official", crf_metrics=crf)
+    assert report.to_json() == {
+        "model": "r/checkpoints/best.pt", "data": "d", "split": "val", "target": "seg",
+        "tta": True, "amp": "bf16", "protocol": "official", "classes": list(SPEC.classes),
+        "metrics": {"miou": 0.5, "iou": [0.5, None]},
+        "metrics_crf": {"miou": 0.75, "iou": [None, 1.0]},
+        "out": "r/eval", "files": ["r/eval/metrics.json"],
+    }
 
 
 def _official_loop_logits(model, x: torch.Tensor, size) -> torch.Tensor:
