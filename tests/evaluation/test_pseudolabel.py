@@ -50,7 +50,10 @@ def test_labels_lie_on_the_chip_grids_with_the_palette(written, bundle):
                    (image.crs, image.transform, image.shape)
             assert label.count == 1 and label.dtypes[0] == "uint8" and label.nodata == 255
             colours = label.colormap(1)
-            assert [colours[k][:3] for k in range(6)] == [tuple(c) for c in bundle.spec.palette]
+            assert [colours[k] for k in range(6)] == [(*c, 255) for c in bundle.spec.palette]
+            assert colours[255] == (0, 0, 0, 0)  # undecided pixels show as transparent
+            assert label.descriptions == ("pseudo label",)
+            assert label.compression == rasterio.enums.Compression.deflate
             values = label.read(1)
         labels = {0} | {k for k in range(1, 6) if row[f"has_{bundle.spec.classes[k]}"]}
         assert set(np.unique(values).tolist()) <= labels | {255}
@@ -101,6 +104,26 @@ def test_existing_output_is_refused_unless_overwrite(written, bundle):
     with pytest.raises(CtfaError, match="refusing to write over the input"):
         write_pseudo_labels(bundle.model, bundle.spec, bundle.cfg, data, "val", data.root,
                             overwrite=True, progress=False)
+
+
+def test_labels_of_chips_taller_than_wide(tmp_path, bundle, datadir):
+    copy = tmp_path / "data"
+    shutil.copytree(datadir, copy)
+    data = DataDir.open(copy)
+    for _, row in data.split("val").iterrows():
+        for path in (data.image_path(row), copy / row["mask"]):
+            with rasterio.open(path) as src:
+                pixels, profile = src.read()[:, :, :48], src.profile
+            profile["width"] = 48
+            with rasterio.open(path, "w", **profile) as dst:
+                dst.write(pixels)
+    write_pseudo_labels(bundle.model, bundle.spec, bundle.cfg, data, "val", tmp_path / "out",
+                        overwrite=False, progress=False)
+    for _, row in data.split("val").iterrows():
+        label = tmp_path / "out" / "chips" / "val" / "masks" / f"{row['chip_id']}.tif"
+        with rasterio.open(label) as src, rasterio.open(data.image_path(row)) as image:
+            assert src.shape == image.shape == (64, 48)
+            assert src.transform == image.transform
 
 
 def test_chips_without_georeference_and_without_masks(tmp_path, bundle, datadir):
