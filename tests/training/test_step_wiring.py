@@ -157,3 +157,34 @@ def test_weights_are_the_configured_ones():
         part = weight * float(base.terms[term])
         rounding = 8 * F32_EPS * abs(float(base.loss.detach()))  # of the float32 totals
         assert delta == pytest.approx(part, rel=1e-3, abs=rounding), field
+
+
+def test_config_and_spec_fields_reach_their_consumers(monkeypatch):
+    """A DeepGlobe step (no background class) whose CTC temperature and dense-CRF settings all
+    differ from the functions' defaults: each consumer gets the run's value, not its default.
+    Values typed out from the spec (ImageNet statistics ×255) and the overrides below."""
+    module = make_step("deepglobe", ctc_temp=0.3, crf_weight=REG_WEIGHT, crf_sigma_rgb=9.0,
+                       crf_sigma_xy=40.0, crf_scale=0.25, energy_filter="exact")
+    batch = make_batch(module)
+    seen: dict[str, tuple] = {}
+    for name in ("ctc_loss", "cam_to_label", "label_to_aff_mask", "seg_loss", "energy_loss",
+                 "joint_loss"):
+        def spy(*args, _name=name, _fn=getattr(step_module, name), **kwargs):
+            seen[_name] = (args, kwargs)
+            return _fn(*args, **kwargs)
+        monkeypatch.setattr(step_module, name, spy)
+    module(batch, step=GATE + 1)
+
+    assert seen["ctc_loss"][1] == {"temp": 0.3}
+    assert seen["cam_to_label"][1]["has_background"] is False
+    assert seen["cam_to_label"][1]["ignore_index"] == 255
+    assert seen["label_to_aff_mask"][0][1:] == (255,)
+    (_, _, seg_ignore), seg_kwargs = seen["seg_loss"]
+    assert seg_ignore == 255 and seg_kwargs == {"has_background": False}
+    assert seen["joint_loss"][0][3] == 255
+    (images, _, pseudo, box), crf = seen["energy_loss"]
+    assert torch.equal(images, batch["image"][:, :3]) and torch.equal(box, batch["img_box"])
+    assert crf.pop("mean") == pytest.approx([123.675, 116.28, 103.53])
+    assert crf.pop("std") == pytest.approx([58.395, 57.12, 57.375])
+    assert crf == {"weight": REG_WEIGHT, "sigma_rgb": 9.0, "sigma_xy": 40.0,
+                   "scale_factor": 0.25, "method": "exact"}
