@@ -45,6 +45,19 @@ def wired():
         return _run_wired(monkeypatch)
 
 
+def _spy_on(monkeypatch, seen: dict[str, tuple], names) -> None:
+    """Wrap each named function of the step module so that its last call's ``(args, kwargs)``
+    lands in ``seen[name]``."""
+    def spy(name, fn):
+        def wrapper(*args, **kwargs):
+            seen[name] = (args, kwargs)
+            return fn(*args, **kwargs)
+        return wrapper
+
+    for name in names:
+        monkeypatch.setattr(step_module, name, spy(name, getattr(step_module, name)))
+
+
 def _run_wired(monkeypatch):
     module = make_step(crf_weight=REG_WEIGHT)
     batch = make_batch(module)
@@ -56,16 +69,9 @@ def _run_wired(monkeypatch):
         assert images is batch["image"]
         return final.clone(), aux.clone()
 
-    def spy(name, fn):
-        def wrapper(*args, **kwargs):
-            seen[name] = (args, kwargs)
-            return fn(*args, **kwargs)
-        return wrapper
-
     monkeypatch.setattr(step_module, "multi_scale_cams", fake_cams)
-    for name in ("roi_mask", "sample_local_crops", "pseudo_label_from_cams", "cam_to_label",
-                 "ptc_loss"):
-        monkeypatch.setattr(step_module, name, spy(name, getattr(step_module, name)))
+    _spy_on(monkeypatch, seen, ("roi_mask", "sample_local_crops", "pseudo_label_from_cams",
+                                "cam_to_label", "ptc_loss"))
     out = module(batch, step=GATE + 1)
     return module, batch, final, aux, seen, out
 
@@ -167,12 +173,8 @@ def test_config_and_spec_fields_reach_their_consumers(monkeypatch):
                        crf_sigma_xy=40.0, crf_scale=0.25, energy_filter="exact")
     batch = make_batch(module)
     seen: dict[str, tuple] = {}
-    for name in ("ctc_loss", "cam_to_label", "label_to_aff_mask", "seg_loss", "energy_loss",
-                 "joint_loss"):
-        def spy(*args, _name=name, _fn=getattr(step_module, name), **kwargs):
-            seen[_name] = (args, kwargs)
-            return _fn(*args, **kwargs)
-        monkeypatch.setattr(step_module, name, spy)
+    _spy_on(monkeypatch, seen, ("ctc_loss", "cam_to_label", "label_to_aff_mask", "seg_loss",
+                                "energy_loss", "joint_loss"))
     module(batch, step=GATE + 1)
 
     assert seen["ctc_loss"][1] == {"temp": 0.3}
