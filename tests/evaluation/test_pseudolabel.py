@@ -144,3 +144,25 @@ def test_chips_without_georeference_and_without_masks(tmp_path, bundle, datadir)
     label = next((tmp_path / "out" / "chips" / "val" / "masks").glob("*.tif"))
     with rasterio.open(label) as src:
         assert src.crs is None and src.transform.is_identity
+
+
+def test_dataset_yaml_records_where_the_labels_come_from(written, bundle, datadir):
+    data, out, report = written
+    meta = DataDir.open(out).meta
+    cfg = bundle.cfg
+    assert meta["source"] == f"pseudo labels of {data.root.resolve()} (split train)"
+    assert meta["chips"] == {"train": 4}
+    assert meta["tile_size"] == data.meta["tile_size"] and meta["crs"] == data.meta["crs"]
+    assert meta["pseudo_labels"] == {
+        "model": str((datadir / "m.pt").resolve()), "model_dataset": "synthetic",
+        "data_dir": str(data.root.resolve()), "split": "train", "ignore_index": 255,
+        "method": "multi-scale + flip CAMs of the final classifier, restricted to the "
+                  "image-level labels; background thresholds; PAR refinement",
+        "cam_scales": list(cfg.cam_scales), "high_thre": cfg.high_thre,
+        "low_thre": cfg.low_thre, "par_dilations": list(cfg.par_dilations),
+        "par_iters": cfg.par_iters, "amp": "none",
+    }
+    saved = json.loads((out / "report.json").read_text())
+    assert (saved["out"], saved["data"], saved["split"]) == (str(out), str(data.root), "train")
+    assert saved["class_share"] == pytest.approx(
+        [n / report.pixels for n in report.class_pixels])
