@@ -90,8 +90,10 @@ def test_the_output_is_a_datadir_of_images_and_pseudo_labels(written):
         assert label.shape == image.shape[1:]
 
 
-def test_existing_output_is_refused_unless_overwrite(written, bundle):
-    data, out, _ = written
+def test_existing_output_is_refused_unless_overwrite(written, bundle, tmp_path):
+    data, written_out, _ = written
+    out = tmp_path / "out"  # a copy, so the module's fixture keeps its train labels
+    shutil.copytree(written_out, out)
     (out / "notes.txt").write_text("mine")
     with pytest.raises(CtfaError, match="not empty; pass --overwrite"):
         write_pseudo_labels(bundle.model, bundle.spec, bundle.cfg, data, "val", out,
