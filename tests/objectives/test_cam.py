@@ -1,6 +1,7 @@
 """CAM machinery beyond the golden vectors: multi-scale CAMs, the no-background policy,
 boxes, the affinity mask against a naive loop, and the ROI-guided local crops."""
 
+import re
 from fractions import Fraction
 
 import pytest
@@ -222,3 +223,168 @@ def test_local_crops_are_reproducible_with_a_generator():
     second = sample_local_crops(images, roi, num_crops=4, crop_size=8,
                                 generator=torch.Generator().manual_seed(5))
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+def corners_of(crops: torch.Tensor, b: int) -> list[set[tuple[int, int]]]:
+    """Per image, the set of (top, left) corners of crop-major coordinate-image crops."""
+    found = [set() for _ in range(b)]
+    for r, crop in enumerate(crops):
+        found[r % b].add((int(crop[0, 0, 0]), int(crop[1, 0, 0])))
+    return found
+
+
+def test_local_crop_flags_by_the_mean_roi_of_each_window():
+    # 12×12 images, crops of 4 (corners 0..7), 4 crops: each image has exactly 4 uncertain
+    # centres, so the draw takes exactly those 4 (distinct, without replacement).
+    roi = torch.full((2, 12, 12), 2, dtype=torch.int16)
+    roi[0, 0:4, 0:4] = 0  # centres (2..3, 2..3) -> corners (0..1, 0..1)
+    roi[1, 8:12, 8:12] = 1  # centres (8..9, 8..9) -> corners (6..7, 6..7)
+    images = coordinate_images(2, 12, 12)
+    crops, flags = sample_local_crops(images, roi, num_crops=4, crop_size=4, neg_ratio=0.5,
+                                      generator=torch.Generator().manual_seed(0))
+    assert corners_of(crops, 2) == [{(0, 0), (0, 1), (1, 0), (1, 1)},
+                                    {(6, 6), (6, 7), (7, 6), (7, 7)}]
+    # Image 0, by hand: window (0,0) is all 0 (mean 0); (0,1) and (1,0) hold 4 pixels of ROI 2
+    # (mean 8/16 = 0.5 <= 0.5: negative, the tie included); (1,1) holds 7 (mean 0.875).
+    # Image 1: every window holds ROI 1 or 2 only (means 1.75 to 1.9375): positive.
+    expected = {0: {(0, 0): 0.0, (0, 1): 0.0, (1, 0): 0.0, (1, 1): 1.0},
+                1: {(6, 6): 1.0, (6, 7): 1.0, (7, 6): 1.0, (7, 7): 1.0}}
+    for r, crop in enumerate(crops):
+        image, corner = r % 2, (int(crop[0, 0, 0]), int(crop[1, 0, 0]))
+        assert flags[image, 2 + r // 2] == expected[image][corner]
+    assert flags[:, :2].tolist() == [[1.0, 1.0], [1.0, 1.0]]
+
+
+def test_local_crop_draws_are_torch_multinomial_with_the_generator():
+    # Image 0 has 2 uncertain centres (< 4 crops: it falls back to every corner), image 1 has 9.
+    roi = torch.full((2, 12, 12), 2, dtype=torch.int16)
+    roi[0, 5, 5] = roi[0, 6, 7] = 0
+    roi[1, 3:6, 4:7] = 1
+    eligible = torch.zeros(2, 8, 8)
+    eligible[0] = 1
+    eligible[1, 1:4, 2:5] = 1  # centres (3..5, 4..6) minus the margin of 2
+    expected = torch.multinomial(eligible.reshape(2, 64), 4, replacement=False,
+                                 generator=torch.Generator().manual_seed(7))
+    torch.manual_seed(123)  # the global generator must play no part
+    crops, _ = sample_local_crops(coordinate_images(2, 12, 12), roi, num_crops=4, crop_size=4,
+                                  generator=torch.Generator().manual_seed(7))
+    drawn = torch.tensor([[int(crops[k * 2 + i, 0, 0, 0]) * 8 + int(crops[k * 2 + i, 1, 0, 0])
+                           for k in range(4)] for i in range(2)])
+    assert torch.equal(drawn, expected)
+
+
+def test_local_crops_with_replacement_only_when_corners_are_fewer_than_crops():
+    roi = torch.zeros(1, 6, 6, dtype=torch.int16)  # crops of 4: a 2×2 grid of corners
+    images = coordinate_images(1, 6, 6)
+    crops, _ = sample_local_crops(images, roi, num_crops=4, crop_size=4,
+                                  generator=torch.Generator().manual_seed(0))
+    assert sorted((int(c[0, 0, 0]), int(c[1, 0, 0])) for c in crops) == [
+        (0, 0), (0, 1), (1, 0), (1, 1)]  # 4 corners, 4 crops: each once
+    expected = torch.multinomial(torch.ones(1, 4), 6, replacement=True,
+                                 generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(123)
+    crops, _ = sample_local_crops(images, roi, num_crops=6, crop_size=4,
+                                  generator=torch.Generator().manual_seed(3))
+    drawn = [int(c[0, 0, 0]) * 2 + int(c[1, 0, 0]) for c in crops]
+    assert drawn == expected[0].tolist()
+    # 9 corners for 5 crops: without replacement although rows / cols = 1 < 5.
+    crops, _ = sample_local_crops(coordinate_images(1, 7, 7), torch.zeros(1, 7, 7), num_crops=5,
+                                  crop_size=4, generator=torch.Generator().manual_seed(0))
+    assert len(corners_of(crops, 1)[0]) == 5
+
+
+def test_local_crop_centres_stop_a_margin_before_each_edge():
+    # Only row 10 and column 10 (= 12 - margin) are uncertain: no corner has its centre there,
+    # so the draw falls back to every corner of [0, 8)², never to a corner at 8.
+    roi = torch.full((1, 12, 12), 2, dtype=torch.int16)
+    roi[0, 10, :] = 0
+    roi[0, :, 10] = 0
+    crops, _ = sample_local_crops(coordinate_images(1, 12, 12), roi, num_crops=6, crop_size=4,
+                                  generator=torch.Generator().manual_seed(2))
+    assert all(top < 8 and left < 8 for top, left in corners_of(crops, 1)[0])
+
+
+def test_local_crops_pad_only_the_short_side_and_keep_the_roi_aligned():
+    # 12×6 images and crops of 6 (margin 3, so 7 pixels are needed): one column of zeros is
+    # added on the right only, giving corners (0..5, 0) with centres (3..8, 3). The ROI's
+    # uncertain centres are rows 3..6 of column 3: exactly 4, so the 4 crops are those corners.
+    roi = torch.full((1, 12, 6), 2, dtype=torch.int16)
+    roi[0, 3:7, 3] = 1
+    images = coordinate_images(1, 12, 6)
+    crops, _ = sample_local_crops(images, roi, num_crops=4, crop_size=6,
+                                  generator=torch.Generator().manual_seed(0))
+    assert corners_of(crops, 1)[0] == {(0, 0), (1, 0), (2, 0), (3, 0)}
+    for crop in crops:  # an even crop never reaches the added column
+        top = int(crop[0, 0, 0])
+        assert torch.equal(crop, images[0, :, top : top + 6, :])
+    # The transposed case pads one row at the bottom instead.
+    crops, _ = sample_local_crops(images.transpose(2, 3), roi.transpose(1, 2), num_crops=4,
+                                  crop_size=6, generator=torch.Generator().manual_seed(0))
+    # Channels 0 and 1 still hold the untransposed row and column: the same four windows.
+    assert corners_of(crops, 1)[0] == {(0, 0), (1, 0), (2, 0), (3, 0)}
+
+
+def test_local_crop_arguments_are_checked():
+    images, roi = torch.rand(1, 3, 8, 8), torch.zeros(1, 8, 8, dtype=torch.int16)
+    crops, flags = sample_local_crops(images, roi, num_crops=1, crop_size=1)
+    assert crops.shape == (1, 3, 1, 1) and flags.shape == (1, 3)
+    for kwargs in ({"num_crops": 0, "crop_size": 4}, {"num_crops": 2, "crop_size": 0}):
+        with pytest.raises(ValueError, match=r"^num_crops and crop_size must be at least 1$"):
+            sample_local_crops(images, roi, **kwargs)
+    with pytest.raises(ValueError, match=r"^roi \(1, 8, 7\) does not match images \(1, 8, 8\)$"):
+        sample_local_crops(images, roi[:, :, :7])
+
+
+def test_cam_to_label_bands_need_both_a_box_and_ignore_mid():
+    cam = torch.tensor([0.1, 0.3, 0.55, 0.65, 0.75, 0.9]).reshape(1, 1, 1, 6)
+    cls, box = torch.ones(1, 1), torch.tensor([[0, 1, 0, 6]])
+    thresholds = {"bkg_thre": 0.6, "high_thre": 0.7, "low_thre": 0.25}
+    plain = [0, 0, 0, 1, 1, 1]  # background where v <= 0.6
+    assert cam_to_label(cam, cls, **thresholds).tolist() == [[plain]]
+    assert cam_to_label(cam, cls, ignore_mid=True, **thresholds).tolist() == [[plain]]
+    _, boxed = cam_to_label(cam, cls, img_box=box, **thresholds)  # ignore_mid is off by default
+    assert boxed.tolist() == [[plain]]
+    _, banded = cam_to_label(cam, cls, img_box=box, ignore_mid=True, **thresholds)
+    assert banded.tolist() == [[[0, 255, 255, 255, 1, 1]]]
+
+
+def test_cam_to_label_without_background_ignores_the_low_threshold_itself():
+    cam = torch.tensor([0.25, 0.2500001]).reshape(1, 1, 1, 2)
+    _, label = cam_to_label(cam, torch.ones(1, 1), img_box=torch.tensor([[0, 1, 0, 2]]),
+                            ignore_mid=True, bkg_thre=0.5, high_thre=0.7, low_thre=0.25,
+                            has_background=False)
+    assert label.tolist() == [[[255, 0]]]
+
+
+def test_cam_to_label_and_roi_mask_errors_name_the_shapes():
+    cam, box = torch.rand(1, 2, 4, 4), torch.tensor([[0, 4, 0, 4]])
+    for missing in ({"high_thre": 0.7}, {"low_thre": 0.25}):
+        with pytest.raises(ValueError, match=r"^ignore_mid needs both high_thre and low_thre$"):
+            cam_to_label(cam, torch.ones(1, 2), img_box=box, ignore_mid=True, bkg_thre=0.5,
+                         **missing)
+    with pytest.raises(ValueError, match=r"^cls_label \(1, 3\) does not match cam \(1, 2\)$"):
+        cam_to_label(cam, torch.ones(1, 3), bkg_thre=0.5)
+    with pytest.raises(ValueError, match=r"^cls_label \(2, 2\) does not match cam \(1, 2\)$"):
+        roi_mask(cam, torch.ones(2, 2), 0.7, 0.25)
+
+
+def test_box_mask_and_scale_box_errors():
+    for box in (torch.tensor([[0, 4, 0]]), torch.tensor([0, 4, 0, 4])):
+        message = f"img_box must be [B, 4], got {tuple(box.shape)}"
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            box_mask(box, 4, 4)
+    with pytest.raises(ValueError, match=r"^img_box holds a negative coordinate; boxes are "
+                                         r"\[h0, h1, w0, w1\] >= 0$"):
+        box_mask(torch.tensor([[0, 4, -1, 4]]), 4, 4)
+    box = torch.tensor([[0, 4, 0, 4]])
+    for sizes in (((0, 4), (2, 2)), ((4, 0), (2, 2)), ((4, 4), (0, 2)), ((4, 4), (2, 0))):
+        with pytest.raises(ValueError, match=r"^sizes must be positive, got from \("):
+            scale_box(box, *sizes)
+    assert scale_box(box, 4, 1).tolist() == [[0, 1, 0, 1]]  # size 1 is positive
+    assert scale_box(torch.tensor([[0, 1, 0, 1]]), 1, 3).tolist() == [[0, 3, 0, 3]]
+
+
+def test_scale_box_of_int16_boxes_does_not_overflow():
+    # 1024 × 64 = 65536 does not fit int16: the box must be widened before scaling.
+    box = torch.tensor([[0, 1024, 512, 1024]], dtype=torch.int16)
+    assert scale_box(box, 1024, 64).tolist() == [[0, 64, 32, 64]]

@@ -1,10 +1,17 @@
 """Pseudo-label refinement beyond the golden vectors: batching, boxes, the no-background policy
 and the denormalisation quirk."""
 
+import pytest
 import torch
 
-from ctfa_cli.config import IMAGENET_MEAN, IMAGENET_STD
-from ctfa_cli.objectives.refine import _argmax_present, denormalize, refine_pseudo_label
+from ctfa_cli.config import IMAGENET_MEAN, IMAGENET_STD, TrainConfig
+from ctfa_cli.datasets.registry import get_spec
+from ctfa_cli.objectives.refine import (
+    _argmax_present,
+    denormalize,
+    pseudo_label_from_cams,
+    refine_pseudo_label,
+)
 
 SIZE = 32
 
@@ -102,3 +109,45 @@ def test_denormalize_truncates_like_the_uint8_cast():
     # Out-of-range values are clamped instead of wrapping around.
     extreme = denormalize(torch.full((1, 3, 1, 1), 50.0), IMAGENET_MEAN, IMAGENET_STD)
     assert torch.all(extreme == 1.0)
+    extreme = denormalize(torch.full((1, 3, 1, 1), -50.0), IMAGENET_MEAN, IMAGENET_STD)
+    assert torch.all(extreme == 0.0)
+
+
+def test_shapes_are_checked_with_messages_that_name_them():
+    images, cams, cls = two_region_scene()
+    with pytest.raises(ValueError, match=r"^mean/std have 2/3 values for 3 channels$"):
+        denormalize(images, IMAGENET_MEAN[:2], IMAGENET_STD)
+    with pytest.raises(ValueError, match=r"^mean/std have 3/2 values for 3 channels$"):
+        denormalize(images, IMAGENET_MEAN, IMAGENET_STD[:2])
+    with pytest.raises(ValueError, match=r"^cams \(2, 4, 32, 32\) do not match images "
+                                         r"\(3, 32, 32\)$"):
+        refine(images, cams[:2], cls)
+    with pytest.raises(ValueError, match=r"^cams \(3, 4, 32, 16\) do not match images "):
+        refine(images, cams[..., :16], cls)  # same batch, other size
+    with pytest.raises(ValueError, match=r"^cls_labels \(3, 3\) do not match cams$"):
+        refine(images, cams, cls[:, :3])
+
+
+def test_the_step_pseudo_label_is_par_refinement_with_the_run_settings():
+    spec = get_spec("synthetic")
+    gen = torch.Generator().manual_seed(2)
+    colour, _, cls = two_region_scene(seed=2)
+    cams, cls = torch.rand(3, 3, SIZE, SIZE, generator=gen), cls[:, :3]  # noise for PAR to smooth
+    mean, std = torch.tensor(spec.mean[:3]), torch.tensor(spec.std[:3])
+    images = (colour - mean[:, None, None]) / std[:, None, None]
+    box = torch.tensor([[0, 32, 0, 32], [4, 28, 2, 30], [0, 16, 0, 32]])
+    cfg = TrainConfig(par_dilations=[1, 3], par_iters=2, high_thre=0.6, low_thre=0.3)
+    out = pseudo_label_from_cams(images, cams, cls, spec, cfg, img_box=box)
+    expected = refine_pseudo_label(
+        denormalize(images, spec.mean[:3], spec.std[:3]), cams * cls[:, :, None, None], cls,
+        high_thre=0.6, low_thre=0.3, ignore_index=255, img_box=box, down_scale=2,
+        dilations=(1, 3), num_iter=2)
+    assert torch.equal(out, expected)
+    assert torch.all(out[1, :4] == 255) and torch.all(out[2, 16:] == 255)  # outside the boxes
+    # The run's PAR settings matter here: the defaults give other labels on this batch.
+    for changed in ({"dilations": (1, 2, 4, 8, 12, 24)}, {"num_iter": 10}):
+        other = refine_pseudo_label(
+            denormalize(images, spec.mean[:3], spec.std[:3]), cams * cls[:, :, None, None], cls,
+            high_thre=0.6, low_thre=0.3, img_box=box, **({"dilations": (1, 3), "num_iter": 2}
+                                                         | changed))
+        assert not torch.equal(out, other)

@@ -299,7 +299,8 @@ def test_the_meter_means_cover_applied_steps_only():
 
 
 def test_the_sync_free_draw_is_torch_multinomial():
-    for seed, (b, n, k) in enumerate([(2, 1225, 8), (1, 9, 1), (4, 4096, 2), (3, 100, 8)]):
+    cases = [(2, 1225, 8), (1, 9, 1), (4, 4096, 2), (3, 100, 8), (3, 50, 1)]  # (B, N, k)
+    for seed, (b, n, k) in enumerate(cases):
         weights = (torch.rand(b, n, generator=torch.Generator().manual_seed(seed)) < 0.4)
         weights = weights.float()
         weights[:, :k] = 1
