@@ -67,6 +67,16 @@ def test_multi_scale_cams_single_scale_is_min_max_of_relu():
     torch.testing.assert_close(aux, (relu_neg - low) / (high - low + 1e-5))
 
 
+def test_multi_scale_cams_reuse_the_plain_pass_without_flips():
+    images = torch.randn(2, 3, 8, 8)
+    model = IdentityCams()
+    cam, aux = multi_scale_cams(model, images, scales=(1.0,), flip=False,
+                                plain=model.cams(images))
+    expected = multi_scale_cams(model, images, scales=(1.0,), flip=False)
+    assert cam.shape == aux.shape == (2, 3, 8, 8)
+    torch.testing.assert_close((cam, aux), expected, rtol=0, atol=0)
+
+
 def test_multi_scale_cams_flip_is_symmetric():
     model = PooledCams()
     images = torch.randn(1, 3, 32, 32)
