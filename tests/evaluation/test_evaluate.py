@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from ctfa_cli.config import TrainConfig
 from ctfa_cli.datasets.datadir import DataDir
+from ctfa_cli.datasets.registry import get_spec
 from ctfa_cli.errors import CtfaError, CtfaUsageError
 from ctfa_cli.evaluation.evaluate import (
+    ChipPrediction,
     EvaluationReport,
+    _cam_labels,
+    _resize,
     _same_size_batches,
     check_model_fits,
+    crf_colours,
     default_eval_dir,
     evaluate_checkpoint,
     evaluate_split,
@@ -276,3 +284,202 @@ def test_seg_crf_is_pydensecrf_on_the_official_probabilities(bundle, data):
         expected = np.array(crf.inference(10)).reshape(prob.shape).argmax(0)
         agreement.append((chip.predictions["seg_crf"] == expected).mean())
     assert min(agreement) >= 0.995
+
+
+def test_crf_colours_are_the_first_three_bands_or_the_first_band_thrice():
+    def chip(bands):
+        image = (np.arange(bands * 4, dtype=np.uint8).reshape(bands, 2, 2) * 10)
+        return ChipPrediction(row={}, image=image, mask=None, labels=np.ones(5, np.float32))
+
+    colours = crf_colours([chip(1), chip(2), chip(3), chip(4)])
+    assert colours.shape == (4, 3, 2, 2) and colours.dtype == torch.float32
+    first = [[0.0, 10.0], [20.0, 30.0]]
+    assert colours[0].tolist() == [first] * 3
+    assert colours[1].tolist() == [first] * 3  # two bands: still the first one, repeated
+    expected = [first, [[40.0, 50.0], [60.0, 70.0]], [[80.0, 90.0], [100.0, 110.0]]]
+    assert colours[2].tolist() == colours[3].tolist() == expected  # a fourth band is left out
+
+
+def test_labels_are_resized_by_nearest_neighbour_and_scores_bilinearly():
+    labels = torch.tensor([[[[1.0, 2.0], [3.0, 255.0]]]])
+    assert _resize(labels, (4, 4), mode="nearest")[0, 0].tolist() == [
+        [1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 255, 255], [3, 3, 255, 255]]
+    scores = torch.tensor([[[[0.0, 1.0]]]])
+    # align_corners=False: output pixel centres at 0.25 and 0.75 of the input's first pixel …
+    assert _resize(scores, (1, 4))[0, 0, 0].tolist() == [0.0, 0.25, 0.75, 1.0]
+    assert _resize(scores, (1, 2)) is scores  # already that size
+
+
+def test_cam_labels_follow_the_dataset_background_policy():
+    cam = torch.tensor([[[[0.9, 0.2, 0.1]], [[0.3, 0.4, 0.1]]]])  # [1, 2, 1, 3]
+    labels = torch.ones(1, 2)
+    cfg = TrainConfig(bkg_thre=0.35)
+    potsdam, deepglobe = get_spec("potsdam"), get_spec("deepglobe")
+    # With a background: channel k is class k + 1, background where the best score <= 0.35.
+    assert _cam_labels(cam, labels, potsdam, cfg).tolist() == [[[1, 2, 0]]]
+    # Without one: the arg-max class itself, everywhere (the tie at 0.1 goes to channel 0).
+    assert _cam_labels(cam, labels, deepglobe, cfg).tolist() == [[[0, 1, 0]]]
+    no_class = _cam_labels(cam, torch.zeros(1, 2), deepglobe.model_copy(
+        update={"ignore_index": 254}), cfg)
+    assert no_class.tolist() == [[[254, 254, 254]]]  # the spec's ignore index
+
+
+def test_check_model_fits_messages_and_warning(caplog):
+    spec = get_spec("potsdam")
+    data = SimpleNamespace(spec=spec, root=Path("/data/potsdam"))
+    fewer = spec.model_copy(update={"classes": spec.classes[:4], "palette": spec.palette[:4]})
+    with pytest.raises(CtfaError, match=r"^/m/best.pt: checkpoint has 4 classes \(potsdam\) but "
+                       r"DATA_DIR /data/potsdam has 6 \(potsdam\); use a checkpoint trained "
+                       r"on this dataset$"):
+        check_model_fits(fewer, data, Path("/m/best.pt"))
+    rgbir = spec.model_copy(update={"bands": ["r", "g", "b", "ir"], "mean": [0.5] * 4,
+                                    "std": [0.2] * 4})
+    with pytest.raises(CtfaError, match=r"^the model reads 4 bands \['r', 'g', 'b', 'ir'\] but "
+                       r"DATA_DIR /data/potsdam has 3 \['ir', 'r', 'g'\]; use a checkpoint "
+                       r"trained on this dataset$"):
+        check_model_fits(rgbir, data)
+    renamed_classes = spec.model_copy(update={"classes": [f"c{i}" for i in range(6)]})
+    renamed_bands = spec.model_copy(update={"bands": ["r", "g", "b"]})
+    for other in (renamed_classes, renamed_bands):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ctfa"):
+            check_model_fits(other, data)
+        assert [r.getMessage() for r in caplog.records] == [
+            f"the model was trained on classes {other.classes} / bands {other.bands}, DATA_DIR "
+            f"/data/potsdam has {spec.classes} / {spec.bands}; scoring class i against class i"]
+    caplog.clear()
+    check_model_fits(spec, data)
+    assert caplog.records == []
+
+
+@pytest.mark.parametrize("rank, world_size", [(0, 1), (0, 2), (1, 3)])
+def test_evaluate_split_hands_every_setting_to_predict_chips(monkeypatch, rank, world_size):
+    import pandas as pd
+
+    from ctfa_cli.evaluation import evaluate as module
+    from ctfa_cli.evaluation.metrics import ConfusionMatrix
+    from kernels.dense_crf import CRFParams
+
+    spec = get_spec("potsdam").model_copy(update={"ignore_index": 254})
+    data = SimpleNamespace(root=Path("/data"), split=lambda _: pd.DataFrame(
+        {"chip_id": ["a"], "mask": ["chips/test/masks/a.tif"]}))
+    seen, reduced = {}, []
+    chip = ChipPrediction(row={}, image=np.zeros((3, 2, 2), np.uint8),
+                          mask=np.array([[0, 1], [254, 2]], np.uint8), labels=np.ones(5),
+                          predictions={"seg": np.array([[0, 1], [1, 254]], np.uint8)})
+
+    def fake_predict_chips(*args, **kwargs):
+        seen["args"], seen["kwargs"] = args, kwargs
+        return iter([chip])
+
+    monkeypatch.setattr(module, "predict_chips", fake_predict_chips)
+    monkeypatch.setattr(module, "_distributed_share", lambda: (rank, world_size))
+    monkeypatch.setattr(ConfusionMatrix, "all_reduce", lambda self: reduced.append(self))
+    model, cfg, crf = object(), TrainConfig(), CRFParams(iterations=3, bi_w=5.0)
+    metrics = evaluate_split(model, spec, cfg, data, "test", targets=("seg",), tta=True,
+                             device="cpu", batch_size=3, progress=True, input_size=48,
+                             amp="bf16", protocol="official", crf=crf)
+    assert seen["args"] == (model, spec, cfg, data, "test")
+    assert seen["kwargs"] == {
+        "targets": ("seg",), "tta": True, "device": "cpu", "batch_size": 3, "input_size": 48,
+        "rank": rank, "world_size": world_size, "progress": rank == 0, "amp": "bf16",
+        "protocol": "official", "crf": crf}
+    assert len(reduced) == (world_size > 1)  # matrices are summed over ranks only under torchrun
+    # By hand, with the spec's ignore index 254: (0, 0) and (1, 1) right, the 254 of the mask
+    # skipped, and class 2's pixel left undecided by the prediction.
+    confusion = np.zeros((6, 6), int)
+    confusion[0, 0] = confusion[1, 1] = 1
+    assert metrics["seg"]["confusion"] == confusion.tolist()
+    assert metrics["seg"]["undecided"] == [0, 0, 1, 0, 0, 0]
+
+
+def test_evaluate_checkpoint_hands_every_setting_on(monkeypatch, tmp_path, bundle_path, datadir):
+    from ctfa_cli.evaluation import evaluate as module
+    from ctfa_cli.evaluation.metrics import ConfusionMatrix
+    from kernels.dense_crf import CRFParams
+
+    run = tmp_path / "run"
+    shutil.copytree(bundle_path.parent.parent / "checkpoints", run / "checkpoints")
+    model_path = run / "checkpoints" / "last.pt"
+    seen: dict = {"overlays": []}
+    chip = ChipPrediction(row={"chip_id": "c1"}, image=np.zeros((3, 4, 4), np.uint8),
+                          mask=np.ones((4, 4), np.uint8), labels=np.ones(5),
+                          predictions={"seg": np.zeros((4, 4), np.uint8),
+                                       "seg_crf": np.full((4, 4), 2, np.uint8)})
+
+    def scores(pred):
+        matrix = ConfusionMatrix(6, 255)
+        matrix.update(torch.tensor(pred), torch.tensor([0, 1, 1]))
+        return {**matrix.compute(), "confusion": matrix.matrix.tolist(),
+                "undecided": matrix.undecided.tolist()}
+
+    def fake_evaluate_split(*args, **kwargs):
+        seen["split"] = (args, kwargs)
+        kwargs["on_chip"](chip)
+        return {"seg": scores([0, 1, 2]), "seg_crf": scores([0, 1, 1])}
+
+    real_load, real_fits = module.load_bundle, module.check_model_fits
+    monkeypatch.setattr(module, "evaluate_split", fake_evaluate_split)
+    monkeypatch.setattr(module, "load_bundle", lambda *a: seen.setdefault("load", a) and
+                        real_load(*a))
+    monkeypatch.setattr(module, "check_model_fits", lambda *a: seen.setdefault("fits", a) and
+                        real_fits(*a))
+    monkeypatch.setattr(module.report, "write_overlay_png",
+                        lambda *a, **k: seen["overlays"].append((a, k)))
+    crf = CRFParams(iterations=2)
+    result = evaluate_checkpoint(model_path, datadir, tta=True, device="cpu", batch_size=3,
+                                 num_overlays=1, progress=False, amp="bf16", crf=crf)
+    args, kwargs = seen["split"]
+    assert args[4] == "test" and args[3].root == DataDir.open(datadir).root
+    assert {k: v for k, v in kwargs.items() if k != "on_chip"} == {
+        "targets": ("seg", "seg_crf"), "tta": True, "device": torch.device("cpu"),
+        "batch_size": 3, "progress": False, "amp": "bf16", "protocol": "ctfa", "crf": crf}
+    assert seen["load"] == (model_path, torch.device("cpu"))
+    assert seen["fits"][2] == model_path
+    assert result.out == default_eval_dir(model_path, "test", "seg", True, "ctfa", True)
+    assert (result.model, result.data) == (model_path, DataDir.open(datadir).root)
+    assert result.metrics["pixels"] == 3 and result.crf_metrics["miou"] != result.metrics["miou"]
+    (overlay_args, overlay_kwargs), = seen["overlays"]
+    path, image, mask, prediction, spec = overlay_args
+    assert path == result.out / "overlays" / "c1.png" and path in result.files
+    assert mask is chip.mask and prediction is chip.predictions["seg_crf"]  # the CRF's labels
+    assert overlay_kwargs == {"prediction_title": "seg_crf"}
+    saved = json.loads((result.out / "metrics.json").read_text())
+    assert saved["metrics_crf"]["miou"] == pytest.approx(result.crf_metrics["miou"])
+    # Without --crf only the plain target is scored.
+    evaluate_checkpoint(model_path, datadir, out=tmp_path / "plain", device="cpu",
+                        num_overlays=0, progress=False)
+    assert seen["split"][1]["targets"] == ("seg",)
+
+
+def test_predict_chips_hands_its_settings_to_the_predictors(monkeypatch, bundle, data):
+    from ctfa_cli.evaluation import evaluate as module
+
+    made, official, batches = [], [], []
+    real_predictor, real_official = module.BundlePredictor, module.official_seg_logits
+    real_batch = module._predict_batch
+
+    def predictor(wrapped, device, **kwargs):
+        made.append((wrapped.model, wrapped.spec, wrapped.cfg, device, kwargs))
+        return real_predictor(wrapped, device, **kwargs)
+
+    def official_logits(*args, **kwargs):
+        official.append(kwargs)
+        return real_official(*args, **kwargs)
+
+    def predict_batch(model, spec, cfg, chips, *rest):
+        batches.append(len(chips))
+        return real_batch(model, spec, cfg, chips, *rest)
+
+    monkeypatch.setattr(module, "BundlePredictor", predictor)
+    monkeypatch.setattr(module, "official_seg_logits", official_logits)
+    monkeypatch.setattr(module, "_predict_batch", predict_batch)
+    chips = list(predict_chips(bundle.model, bundle.spec, bundle.cfg, data, "test", tta=True,
+                               device="cpu", batch_size=3, amp="bf16"))
+    assert made == [(bundle.model, bundle.spec, bundle.cfg, torch.device("cpu"),
+                     {"tta": True, "amp": "bf16"})]
+    sizes = {(int(r["height"]), int(r["width"])) for _, r in data.split("test").iterrows()}
+    assert len(sizes) == 1 and len(chips) == 4 and batches == [3, 1]  # at most batch_size
+    list(predict_chips(bundle.model, bundle.spec, bundle.cfg, data, "test", batch_size=4,
+                       amp="bf16", protocol="official"))
+    assert official == [{"amp": "bf16"}] and batches[2:] == [4]
