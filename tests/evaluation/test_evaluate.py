@@ -446,6 +446,12 @@ def test_evaluate_checkpoint_hands_every_setting_on(monkeypatch, tmp_path, bundl
     assert overlay_kwargs == {"prediction_title": "seg_crf"}
     saved = json.loads((result.out / "metrics.json").read_text())
     assert saved["metrics_crf"]["miou"] == pytest.approx(result.crf_metrics["miou"])
+    with pytest.raises(CtfaError, match="pass --overwrite"):
+        evaluate_checkpoint(model_path, datadir, tta=True, device="cpu", num_overlays=0,
+                            progress=False, crf=crf)
+    again = evaluate_checkpoint(model_path, datadir, tta=True, device="cpu", num_overlays=0,
+                                progress=False, crf=crf, overwrite=True)
+    assert again.out == result.out
     # Without --crf only the plain target is scored.
     evaluate_checkpoint(model_path, datadir, out=tmp_path / "plain", device="cpu",
                         num_overlays=0, progress=False)
