@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,7 @@ from ctfa_cli.config import TrainConfig
 from ctfa_cli.datasets.datadir import DataDir
 from ctfa_cli.datasets.registry import get_spec
 from ctfa_cli.errors import CtfaError, CtfaUsageError
+from ctfa_cli.evaluation import evaluate as evaluate_module
 from ctfa_cli.evaluation.evaluate import (
     ChipPrediction,
     EvaluationReport,
@@ -31,8 +33,10 @@ from ctfa_cli.evaluation.evaluate import (
     official_seg_logits,
     predict_chips,
 )
+from ctfa_cli.evaluation.metrics import ConfusionMatrix
 from ctfa_cli.model.bundle import load_bundle
 from ctfa_cli.training.data import normalize
+from kernels.dense_crf import CRFParams
 from tests.evaluation.helpers import tiny_bundle, tiny_datadir
 from tests.inference.helpers import SPEC
 
@@ -354,12 +358,6 @@ def test_check_model_fits_messages_and_warning(caplog):
 
 @pytest.mark.parametrize("rank, world_size", [(0, 1), (0, 2), (1, 3)])
 def test_evaluate_split_hands_every_setting_to_predict_chips(monkeypatch, rank, world_size):
-    import pandas as pd
-
-    from ctfa_cli.evaluation import evaluate as module
-    from ctfa_cli.evaluation.metrics import ConfusionMatrix
-    from kernels.dense_crf import CRFParams
-
     spec = get_spec("potsdam").model_copy(update={"ignore_index": 254})
     data = SimpleNamespace(root=Path("/data"), split=lambda _: pd.DataFrame(
         {"chip_id": ["a"], "mask": ["chips/test/masks/a.tif"]}))
@@ -372,8 +370,8 @@ def test_evaluate_split_hands_every_setting_to_predict_chips(monkeypatch, rank, 
         seen["args"], seen["kwargs"] = args, kwargs
         return iter([chip])
 
-    monkeypatch.setattr(module, "predict_chips", fake_predict_chips)
-    monkeypatch.setattr(module, "_distributed_share", lambda: (rank, world_size))
+    monkeypatch.setattr(evaluate_module, "predict_chips", fake_predict_chips)
+    monkeypatch.setattr(evaluate_module, "_distributed_share", lambda: (rank, world_size))
     monkeypatch.setattr(ConfusionMatrix, "all_reduce", lambda self: reduced.append(self))
     model, cfg, crf = object(), TrainConfig(), CRFParams(iterations=3, bi_w=5.0)
     metrics = evaluate_split(model, spec, cfg, data, "test", targets=("seg",), tta=True,
@@ -393,11 +391,8 @@ def test_evaluate_split_hands_every_setting_to_predict_chips(monkeypatch, rank, 
     assert metrics["seg"]["undecided"] == [0, 0, 1, 0, 0, 0]
 
 
-def test_evaluate_checkpoint_hands_every_setting_on(monkeypatch, tmp_path, bundle_path, datadir):
-    from ctfa_cli.evaluation import evaluate as module
-    from ctfa_cli.evaluation.metrics import ConfusionMatrix
-    from kernels.dense_crf import CRFParams
-
+def test_evaluate_checkpoint_hands_every_setting_on(monkeypatch, tmp_path, bundle_path, datadir,
+                                                    data):
     run = tmp_path / "run"
     shutil.copytree(bundle_path.parent.parent / "checkpoints", run / "checkpoints")
     model_path = run / "checkpoints" / "last.pt"
@@ -418,26 +413,31 @@ def test_evaluate_checkpoint_hands_every_setting_on(monkeypatch, tmp_path, bundl
         kwargs["on_chip"](chip)
         return {"seg": scores([0, 1, 2]), "seg_crf": scores([0, 1, 1])}
 
-    real_load, real_fits = module.load_bundle, module.check_model_fits
-    monkeypatch.setattr(module, "evaluate_split", fake_evaluate_split)
-    monkeypatch.setattr(module, "load_bundle", lambda *a: seen.setdefault("load", a) and
-                        real_load(*a))
-    monkeypatch.setattr(module, "check_model_fits", lambda *a: seen.setdefault("fits", a) and
-                        real_fits(*a))
-    monkeypatch.setattr(module.report, "write_overlay_png",
+    def first_call_recorded(name, real):
+        def call(*args):
+            seen.setdefault(name, args)
+            return real(*args)
+        return call
+
+    monkeypatch.setattr(evaluate_module, "evaluate_split", fake_evaluate_split)
+    monkeypatch.setattr(evaluate_module, "load_bundle",
+                        first_call_recorded("load", evaluate_module.load_bundle))
+    monkeypatch.setattr(evaluate_module, "check_model_fits",
+                        first_call_recorded("fits", evaluate_module.check_model_fits))
+    monkeypatch.setattr(evaluate_module.report, "write_overlay_png",
                         lambda *a, **k: seen["overlays"].append((a, k)))
     crf = CRFParams(iterations=2)
     result = evaluate_checkpoint(model_path, datadir, tta=True, device="cpu", batch_size=3,
                                  num_overlays=1, progress=False, amp="bf16", crf=crf)
     args, kwargs = seen["split"]
-    assert args[4] == "test" and args[3].root == DataDir.open(datadir).root
+    assert args[4] == "test" and args[3].root == data.root
     assert {k: v for k, v in kwargs.items() if k != "on_chip"} == {
         "targets": ("seg", "seg_crf"), "tta": True, "device": torch.device("cpu"),
         "batch_size": 3, "progress": False, "amp": "bf16", "protocol": "ctfa", "crf": crf}
     assert seen["load"] == (model_path, torch.device("cpu"))
     assert seen["fits"][2] == model_path
     assert result.out == default_eval_dir(model_path, "test", "seg", True, "ctfa", True)
-    assert (result.model, result.data) == (model_path, DataDir.open(datadir).root)
+    assert (result.model, result.data) == (model_path, data.root)
     assert result.metrics["pixels"] == 3 and result.crf_metrics["miou"] != result.metrics["miou"]
     (overlay_args, overlay_kwargs), = seen["overlays"]
     path, image, mask, prediction, spec = overlay_args
@@ -459,11 +459,10 @@ def test_evaluate_checkpoint_hands_every_setting_on(monkeypatch, tmp_path, bundl
 
 
 def test_predict_chips_hands_its_settings_to_the_predictors(monkeypatch, bundle, data):
-    from ctfa_cli.evaluation import evaluate as module
-
     made, official, batches = [], [], []
-    real_predictor, real_official = module.BundlePredictor, module.official_seg_logits
-    real_batch = module._predict_batch
+    real_predictor = evaluate_module.BundlePredictor
+    real_official = evaluate_module.official_seg_logits
+    real_batch = evaluate_module._predict_batch
 
     def predictor(wrapped, device, **kwargs):
         made.append((wrapped.model, wrapped.spec, wrapped.cfg, device, kwargs))
@@ -477,9 +476,9 @@ def test_predict_chips_hands_its_settings_to_the_predictors(monkeypatch, bundle,
         batches.append(len(chips))
         return real_batch(model, spec, cfg, chips, *rest)
 
-    monkeypatch.setattr(module, "BundlePredictor", predictor)
-    monkeypatch.setattr(module, "official_seg_logits", official_logits)
-    monkeypatch.setattr(module, "_predict_batch", predict_batch)
+    monkeypatch.setattr(evaluate_module, "BundlePredictor", predictor)
+    monkeypatch.setattr(evaluate_module, "official_seg_logits", official_logits)
+    monkeypatch.setattr(evaluate_module, "_predict_batch", predict_batch)
     chips = list(predict_chips(bundle.model, bundle.spec, bundle.cfg, data, "test", tta=True,
                                device="cpu", batch_size=3, amp="bf16"))
     assert made == [(bundle.model, bundle.spec, bundle.cfg, torch.device("cpu"),

@@ -243,6 +243,13 @@ def corners_of(crops: torch.Tensor, b: int) -> list[set[tuple[int, int]]]:
     return found
 
 
+def drawn_corners(crops: torch.Tensor, b: int, cols: int) -> torch.Tensor:
+    """``[B, K]`` corner indices ``top·cols + left`` of crop-major coordinate-image crops, in
+    the order they were drawn (``torch.multinomial``'s layout)."""
+    return torch.tensor([[int(crops[k * b + i, 0, 0, 0]) * cols + int(crops[k * b + i, 1, 0, 0])
+                          for k in range(len(crops) // b)] for i in range(b)])
+
+
 def test_local_crop_flags_by_the_mean_roi_of_each_window():
     # 12×12 images, crops of 4 (corners 0..7), 4 crops: each image has exactly 4 uncertain
     # centres, so the draw takes exactly those 4 (distinct, without replacement).
@@ -278,9 +285,7 @@ def test_local_crop_draws_are_torch_multinomial_with_the_generator():
     torch.manual_seed(123)  # the global generator must play no part
     crops, _ = sample_local_crops(coordinate_images(2, 12, 12), roi, num_crops=4, crop_size=4,
                                   generator=torch.Generator().manual_seed(7))
-    drawn = torch.tensor([[int(crops[k * 2 + i, 0, 0, 0]) * 8 + int(crops[k * 2 + i, 1, 0, 0])
-                           for k in range(4)] for i in range(2)])
-    assert torch.equal(drawn, expected)
+    assert torch.equal(drawn_corners(crops, 2, cols=8), expected)
 
 
 def test_local_crops_with_replacement_only_when_corners_are_fewer_than_crops():
@@ -295,8 +300,7 @@ def test_local_crops_with_replacement_only_when_corners_are_fewer_than_crops():
     torch.manual_seed(123)
     crops, _ = sample_local_crops(images, roi, num_crops=6, crop_size=4,
                                   generator=torch.Generator().manual_seed(3))
-    drawn = [int(c[0, 0, 0]) * 2 + int(c[1, 0, 0]) for c in crops]
-    assert drawn == expected[0].tolist()
+    assert torch.equal(drawn_corners(crops, 1, cols=2), expected)
     # 9 corners for 5 crops: without replacement although rows / cols = 1 < 5.
     crops, _ = sample_local_crops(coordinate_images(1, 7, 7), torch.zeros(1, 7, 7), num_crops=5,
                                   crop_size=4, generator=torch.Generator().manual_seed(0))
